@@ -1,0 +1,75 @@
+"""Images/second of a training step (forward + backward + SGD step) for each tiny_fastai preset and for fastai's
+xresnet18/xresnet34, all in one process, on whatever device is available (CPU here).
+
+Usage: python bench/models.py [--size 64] [--bs 64] [--iters 5] [--warmup 2] [--archs tiny small ...] [--device cpu]
+Prints a markdown table, the command line and the machine it ran on."""
+import argparse, os, platform, statistics, sys, time, warnings
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch, torch.nn as nn
+from fastai.vision.models.xresnet import xresnet18, xresnet34
+from tiny_fastai.models import ARCHS, count_macs
+
+warnings.filterwarnings('ignore')
+FASTAI = {'xresnet18 (fastai)': xresnet18, 'xresnet34 (fastai)': xresnet34}
+
+def cpu_model():
+    try: return next(l.split(':',1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): return platform.processor() or 'unknown'
+
+class Stepper:
+    "One model with its SGD optimizer and a fixed random batch; `__call__` times one training step"
+    def __init__(self, model, size, bs, device):
+        self.model,self.device = model.to(device).train(),device
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        self.x = torch.randn(bs, 3, size, size, device=device)
+        self.y = torch.randint(0, 200, (bs,), device=device)
+    def sync(self):
+        if self.device.type=='cuda': torch.cuda.synchronize()
+    def __call__(self):
+        self.sync(); t = time.perf_counter()
+        self.opt.zero_grad()
+        nn.functional.cross_entropy(self.model(self.x), self.y).backward()
+        self.opt.step()
+        self.sync()
+        return time.perf_counter()-t
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--size', type=int, default=64)
+    p.add_argument('--bs', type=int, default=64)
+    p.add_argument('--iters', type=int, default=5, help='timed steps per model, taken round-robin across models')
+    p.add_argument('--warmup', type=int, default=1)
+    p.add_argument('--archs', nargs='+', default=[*ARCHS, *FASTAI], help=f'any of {[*ARCHS, *FASTAI]}')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    a = p.parse_args(argv)
+    device,load0 = torch.device(a.device),os.getloadavg()[0]
+    steppers,stats = {},{}
+    for name in a.archs:
+        f = ARCHS.get(name) or FASTAI.get(name) or FASTAI.get(f'{name} (fastai)')
+        if f is None: p.error(f'unknown arch {name!r}; known: {[*ARCHS, *FASTAI]}')
+        torch.manual_seed(0)
+        m = f(n_out=200)
+        stats[name] = sum(o.numel() for o in m.parameters()),count_macs(m, size=a.size)
+        steppers[name] = Stepper(m, a.size, a.bs, device)
+        for _ in range(a.warmup): steppers[name]()
+    # round-robin, so that load from other processes on a shared machine hits every model alike
+    times = {n: [] for n in steppers}
+    for i in range(a.iters):
+        for n,st in steppers.items(): times[n].append(st())
+        print(f'round {i+1}/{a.iters}: ' + ', '.join(f'{n} {a.bs/t[-1]:,.1f}' for n,t in times.items()), file=sys.stderr, flush=True)
+    rate = {n: a.bs/statistics.median(t) for n,t in times.items()}
+    ref = next((n for n in rate if n.startswith('xresnet18')), None)
+    dev = torch.cuda.get_device_name(device) if device.type=='cuda' else f'CPU, {os.cpu_count()} cores (nproc), {cpu_model()}'
+    print(f'`python bench/models.py {" ".join(sys.argv[1:] if argv is None else argv)}`'.replace(' `', '`'))
+    print(f'\nMachine: {dev}; torch {torch.__version__}, {torch.get_num_threads()} threads; '
+          f'train step (forward + backward + SGD) at {a.size}px, batch {a.bs}, {a.warmup} warm-up + {a.iters} timed steps per model, '
+          f'round-robin; 1-min load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n')
+    fmt = lambda v: f'{v:,.0f}' if v>=100 else f'{v:.1f}'
+    print(f'| arch | params | MACs/image at {a.size}px | train images/s (median step) | best step |'
+          + (' vs xresnet18 |' if ref else '') + '\n|---|---|---|---|---|' + ('---|' if ref else ''))
+    for n,(params,macs) in stats.items():
+        print(f'| {n} | {params/1e6:.2f}M | {macs/1e6:,.0f}M | {fmt(rate[n])} | {fmt(a.bs/min(times[n]))} |'
+              + (f' {rate[n]/rate[ref]:.2f}x |' if ref else ''))
+
+if __name__ == '__main__': main()
