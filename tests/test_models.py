@@ -44,6 +44,13 @@ class TrainOnlyNoise(nn.Module):
     "Dropout hidden behind `self.training`: only a train-mode forward sees it"
     def forward(self, x): return F.dropout(x, 0.1) if self.training else x
 
+class ChannelFC(nn.Module):
+    "A fully connected layer over the channels at every pixel"
+    def __init__(self, fc):
+        super().__init__()
+        self.fc = fc
+    def forward(self, x): return self.fc(x.permute(0,2,3,1)).permute(0,3,1,2)
+
 def fc_matmul(x, w): return (x.permute(0,2,3,1) @ w).permute(0,3,1,2)   # a 1x1 conv / FC written as a matmul
 
 BAD = {  # name: (layer factory, rule, text in the reason, channels out of the layer[, path below the layer])
@@ -52,8 +59,8 @@ BAD = {  # name: (layer factory, rule, text in the reason, channels out of the l
     'Dropout2d':           (lambda: nn.Dropout2d(0.2),               'dropout', 'Dropout2d module', 8),
     'AlphaDropout':        (lambda: nn.AlphaDropout(0.2),            'dropout', 'AlphaDropout module', 8),
     'FeatureAlphaDropout': (lambda: nn.FeatureAlphaDropout(0.2),     'dropout', 'FeatureAlphaDropout', 8),
-    'Linear':              (lambda: nn.Linear(64, 64),               'fully connected', 'Linear module', 8),
-    'LazyLinear':          (lambda: nn.LazyLinear(64),               'fully connected', 'Linear module', 8),
+    'Linear':              (lambda: ChannelFC(nn.Linear(8, 8)),      'fully connected', 'Linear module', 8, '.fc'),
+    'LazyLinear':          (lambda: ChannelFC(nn.LazyLinear(8)),     'fully connected', 'Linear module', 8, '.fc'),
     'Conv 1x1 widening':   (lambda: nn.Conv2d(8, 16, 1),             'widening 1x1', 'widens 8 -> 16', 16),
     'Conv 1x1 stride 2':   (lambda: nn.Conv2d(8, 16, 1, stride=2),   'widening 1x1', 'widens 8 -> 16', 16),
     'Conv 1x1 grouped':    (lambda: nn.Conv2d(8, 32, 1, groups=8),   'widening 1x1', 'widens 8 -> 32', 32),
@@ -62,7 +69,8 @@ BAD = {  # name: (layer factory, rule, text in the reason, channels out of the l
     'F.dropout2d':         (lambda: Fn(lambda x,w: F.dropout2d(x, 0.5)),           'dropout', 'functional dropout2d', 8),
     'F.alpha_dropout':     (lambda: Fn(lambda x,w: F.alpha_dropout(x, 0.5)),       'dropout', 'functional alpha_dropout', 8),
     'torch.dropout':       (lambda: Fn(lambda x,w: torch.dropout(x, 0.5, False)),  'dropout', 'functional dropout', 8),
-    'F.linear':            (lambda: Fn(lambda x,w: F.linear(x, w), torch.randn(64, 64)), 'fully connected', 'functional linear', 8),
+    'F.linear':            (lambda: Fn(lambda x,w: F.linear(x.permute(0,2,3,1), w).permute(0,3,1,2), torch.randn(8, 8)),
+                            'fully connected', 'functional linear', 8),
     'F.conv2d 1x1':        (lambda: Fn(lambda x,w: F.conv2d(x, w), torch.randn(16, 8, 1, 1)), 'widening 1x1',
                             'functional conv2d with a 1x1 weight widens 8 -> 16', 16),
     'train-only F.dropout': (lambda: TrainOnlyNoise(),             'dropout', 'functional dropout', 8),

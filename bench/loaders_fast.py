@@ -1,0 +1,85 @@
+"""Loader throughput: images/second over one full pass of the Tiny ImageNet train set, fastai's DataBlock path
+(`tiny_dls`) against the fast path (`tiny_dls(fast=True)`), with the same augmentation, at several batch sizes in pixels.
+
+Usage: python bench/loaders_fast.py [DATA] [--sizes 16 32 64] [--bs 128] [--workers 2] [--aug default]
+                                    [--paths datablock fast fast-imgaug] [--cache-dir DIR] [--max-batches N]
+DATA: an extracted Tiny ImageNet folder or archive (default: $TINY_IMAGENET, else /work/data/tiny-imagenet-200).
+The time counts the whole pass (worker start-up included, the one-off cache build excluded, reported apart) and the
+batch transforms (`IntToFloatTensor`, `BatchResize`, `Normalize`) on the loader's device. Prints a markdown table,
+the command line and the machine (with its load average: on a shared machine the numbers move with the load)."""
+import argparse, os, platform, sys, time, warnings
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
+from tiny_fastai.data import tiny_dls, get_tiny_imagenet
+from tiny_fastai.fast import fast_dls
+
+warnings.filterwarnings('ignore')
+PATHS = {'datablock': "DataBlock (`tiny_dls`)", 'fast': "fast (`tiny_dls(fast=True)`)",
+         'fast-imgaug': "fast, imgaug's own executor (`aug_impl='imgaug'`)"}
+
+def cpu_model():
+    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): return platform.processor() or 'unknown'
+
+def machine():
+    mem = ''
+    try: mem = f", {int(next(l.split()[1] for l in open('/proc/meminfo') if l.startswith('MemTotal')))/2**20:.0f} GB RAM"
+    except (OSError, StopIteration): pass
+    return f"{cpu_model()}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+
+def load(): return ' '.join(f'{v:.1f}' for v in os.getloadavg())
+
+def one_pass(dl, max_batches=None):
+    "Images/second of one pass over `dl` (at most `max_batches` batches)"
+    n,t0 = 0,time.perf_counter()
+    for i,(x,y) in enumerate(dl):
+        n += len(x)
+        if max_batches and i+1 >= max_batches: break
+    return n, time.perf_counter()-t0
+
+def make(kind, path, size, a):
+    kw = dict(size=size, bs=a.bs, aug=None if a.aug == 'none' else a.aug, num_workers=a.workers, seed=0, device='cpu')
+    if kind == 'datablock': return tiny_dls(path, **kw)
+    return fast_dls(path, cache_dir=a.cache_dir, aug_impl='imgaug' if kind == 'fast-imgaug' else 'fast', **kw)
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('data', nargs='?', default=os.environ.get('TINY_IMAGENET', '/work/data/tiny-imagenet-200'))
+    p.add_argument('--sizes', type=int, nargs='+', default=[16, 32, 64])
+    p.add_argument('--bs', type=int, default=128)
+    p.add_argument('--workers', type=int, default=None, help='loader processes (default: fastai\'s, the number of CPUs up to 16)')
+    p.add_argument('--aug', default='default', help="'default', 'none' or a strength")
+    p.add_argument('--paths', nargs='+', default=['datablock', 'fast'], choices=list(PATHS))
+    p.add_argument('--cache-dir', default=None, help='where the fast path keeps its arrays (default: next to the data)')
+    p.add_argument('--max-batches', type=int, default=None, help='stop each pass after this many batches (quick runs)')
+    a = p.parse_args(argv)
+    try: a.aug = float(a.aug)
+    except ValueError: pass
+    path = get_tiny_imagenet(a.data)
+    cmd = 'python ' + ' '.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    print(f"machine: {machine()}; load average at start {load()}", flush=True)
+    if any(k.startswith('fast') for k in a.paths):
+        t0 = time.perf_counter(); fast_dls(path, bs=a.bs, cache_dir=a.cache_dir, num_workers=0, device='cpu')
+        print(f"fast path: cache ready in {time.perf_counter()-t0:.1f} s (decoded once, then reused)", flush=True)
+    res = {}
+    for size in a.sizes:
+        for kind in a.paths:
+            dl = make(kind, path, size, a).train
+            n,t = one_pass(dl, a.max_batches)
+            res[size, kind] = n/t
+            print(f"{size:3d}px {kind:12s} {n:7,d} images in {t:7.1f} s: {n/t:8,.0f} images/s  (load {load()})", flush=True)
+    nw = dl.fake_l.num_workers
+    head = ['size'] + [PATHS[k] for k in a.paths] + [f'{k} / datablock' for k in a.paths if k != 'datablock' and 'datablock' in a.paths]
+    rows = ['| ' + ' | '.join(head) + ' |', '|' + '---|'*len(head)]
+    for size in a.sizes:
+        r = [f'{size} px'] + [f'{res[size, k]:,.0f}' for k in a.paths]
+        if 'datablock' in a.paths: r += [f'{res[size, k]/res[size, "datablock"]:.1f}x' for k in a.paths if k != 'datablock']
+        rows.append('| ' + ' | '.join(r) + ' |')
+    print(f"\nImages/second over {'one full pass' if not a.max_batches else f'{a.max_batches} batches'} of the train set "
+          f"({len(dl.dataset):,} images), bs {a.bs}, {nw} loader workers, augmentation {a.aug!r}, batches on the CPU:\n")
+    print('\n'.join(rows))
+    print(f"\ncommand: `{cmd}`\nmachine: {machine()}; load average at the end {load()} (1, 5, 15 min)")
+    return res
+
+if __name__ == '__main__': main()

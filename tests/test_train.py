@@ -1,0 +1,93 @@
+"""Training library (in-process, on a 5-class slice of the bundled sample): plans and settings refused before any data is
+read, lr=None uses lr_find, same seed -> same metrics, NaN stops the run and keeps the last good checkpoint, checkpoints
+of another run or corrupt ones are refused clearly."""
+import json, pytest, torch
+from pathlib import Path
+from fastai.learner import Learner
+from tiny_fastai.data import make_subset, sample_path
+from tiny_fastai.train import (train_recipe, read_checkpoint, PlanError, CheckpointError, NanLossError, CKPT_FORMAT)
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    return make_subset(sample_path(), tmp_path_factory.mktemp('data')/'tiny', n_classes=5, n_train=20, n_val=10)
+
+FAST = dict(sizes=[16, 32], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False)
+METRICS = ('train_loss', 'valid_loss', 'top1', 'top5')
+
+@pytest.mark.parametrize('kw,msg', [
+    (dict(epochs=[200, 200, 101]), '501 epochs in all'),
+    (dict(sizes=[64], epochs=[501]), 'the rules allow at most 500'),
+    (dict(bs=0), 'batch size must be a positive integer, got 0'),
+    (dict(lrs=[-1e-3]), 'learning rate must be a positive number'),
+    (dict(preset='huge'), "unknown preset 'huge'; known presets: demo, full"),
+    (dict(arch='resnet50'), "unknown arch 'resnet50'; known archs: tiny, small, medium, large"),
+    (dict(epochs=[2, 2]), 'got 2 epoch count(s) for the 3 stages'),
+])
+def test_bad_settings_refused_before_data(tmp_path, kw, msg):
+    "Every bad setting is refused with a message naming it, before the (here missing) data is looked at or anything written"
+    kw = {'preset': 'demo', **kw}
+    with pytest.raises(ValueError) as e: train_recipe(out=tmp_path/'out', data=tmp_path/'missing', **kw)
+    assert msg in str(e.value)
+    assert not (tmp_path/'out').exists()
+
+def test_lr_none_uses_lr_find(data, tmp_path, monkeypatch):
+    "A stage without a learning rate runs lr_find once, trains with its suggestion and keeps the plot"
+    calls, real = [], Learner.lr_find
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs); return real(self, *args, **kwargs)
+    monkeypatch.setattr(Learner, 'lr_find', spy)
+    res = train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'lrs': [None, 1e-3]})
+    assert len(calls) == 1
+    lr = res['stages'][0]['lr']
+    assert isinstance(lr, float) and 1e-7 < lr < 10 and res['stages'][1]['lr'] == 1e-3
+    assert res['history'][0]['lr'] == lr and res['history'][1]['lr'] == 1e-3
+    assert (tmp_path/'lr_find_1_16px.png').stat().st_size > 0
+    assert 'lr_find_1_16px.png' in res['files']
+
+def test_same_seed_same_metrics(data, tmp_path):
+    "Two runs with the same seed and data on the CPU give the same losses and accuracies; another seed does not"
+    a = train_recipe('demo', out=tmp_path/'a', data=data, seed=3, **FAST)
+    b = train_recipe('demo', out=tmp_path/'b', data=data, seed=3, **FAST)
+    c = train_recipe('demo', out=tmp_path/'c', data=data, seed=4, **FAST)
+    rows = lambda r: [[h[k] for k in METRICS] for h in r['history']]
+    assert rows(a) == rows(b) and (a['top1'], a['top5']) == (b['top1'], b['top5'])
+    assert rows(a) != rows(c)
+
+def test_nan_stops_keeps_last_good_checkpoint_and_resumes(data, tmp_path):
+    "A loss that becomes NaN stops the run naming the epoch; the last good checkpoint is kept and a lower lr resumes from it"
+    with pytest.raises(NanLossError) as e:
+        train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'lrs': [2e-3, 1e38]})
+    msg = str(e.value)
+    assert msg.startswith('the training loss became nan in epoch 2 of 2 (stage 2 of 2, 32px)'), msg
+    assert 'last good epoch (1) is kept' in msg and 'Exception occured' not in msg
+    st = read_checkpoint(tmp_path/'models'/'ckpt.pth')
+    assert len(st['history']) == 1 and st['meta']['stage'] == 0
+    assert not (tmp_path/'results.json').exists() and not (tmp_path/'model.pkl').exists()
+    res = train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'lrs': [2e-3, 1e-3]})
+    assert [h['run'] for h in res['history']] == [1, 2] and res['epochs'] == 2
+    assert res['stages'][1]['lr'] == 1e-3
+
+def test_checkpoint_of_another_run_or_corrupt_is_refused(data, tmp_path):
+    "A checkpoint written for another plan is refused (not trained on); a corrupt one gives a clear error; --restart starts over"
+    train_recipe('demo', out=tmp_path, data=data, **FAST)
+    with pytest.raises(CheckpointError, match='belongs to another run'):
+        train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'epochs': [2, 1]})
+    ck = tmp_path/'models'/'ckpt.pth'
+    ck.write_bytes(ck.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match='cannot be read'):
+        train_recipe('demo', out=tmp_path, data=data, **FAST)
+    res = train_recipe('demo', out=tmp_path, data=data, restart=True, **{**FAST, 'epochs': [2, 1]})
+    assert len(res['history']) == 3 and read_checkpoint(ck)['format'] == CKPT_FORMAT
+
+def test_results_json(data, tmp_path):
+    "results.json has the documented keys, one history row per planned epoch, and fractions in [0, 1]"
+    train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'tta': True})
+    r = json.loads((tmp_path/'results.json').read_text())
+    for k in ('top1', 'top5', 'top1_tta', 'top5_tta', 'params', 'stages', 'epochs', 'wall_s', 'device', 'history'):
+        assert k in r, k
+    assert r['stages'] == [dict(size=16, epochs=1, lr=2e-3), dict(size=32, epochs=1, lr=2e-3)]
+    assert r['epochs'] == 2 and len(r['history']) == 2
+    assert [(h['stage'], h['size']) for h in r['history']] == [(0, 16), (1, 32)]
+    assert 0 <= r['top1'] <= r['top5'] <= 1 and 0 <= r['top1_tta'] <= r['top5_tta'] <= 1
+    assert r['params'] > 0 and r['device'].startswith('cpu') and r['wall_s'] > 0
+    assert (tmp_path/'history.csv').read_text().count('\n') == 3
