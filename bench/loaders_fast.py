@@ -6,7 +6,9 @@ Usage: python bench/loaders_fast.py [DATA] [--sizes 16 32 64] [--bs 128] [--work
 DATA: an extracted Tiny ImageNet folder or archive (default: $TINY_IMAGENET, else /work/data/tiny-imagenet-200).
 The time counts the whole pass (worker start-up included, the one-off cache build excluded, reported apart) and the
 batch transforms (`IntToFloatTensor`, `BatchResize`, `Normalize`) on the loader's device. Prints a markdown table,
-the command line and the machine (with its load average: on a shared machine the numbers move with the load)."""
+the command line and the machine (with its load average: on a shared machine the numbers move with the load).
+The main process runs the batch transforms with `--threads` PyTorch threads (default 1: with 2 cores and 2 loader
+workers, more threads only spin; the same setting for both paths)."""
 import argparse, os, platform, sys, time, warnings
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -53,7 +55,10 @@ def main(argv=None):
     p.add_argument('--paths', nargs='+', default=['datablock', 'fast'], choices=list(PATHS))
     p.add_argument('--cache-dir', default=None, help='where the fast path keeps its arrays (default: next to the data)')
     p.add_argument('--max-batches', type=int, default=None, help='stop each pass after this many batches (quick runs)')
+    p.add_argument('--threads', type=int, default=1, help="PyTorch threads of the main process, which runs the batch "
+                   "transforms here (default 1: the loader workers already use every core; 0 leaves PyTorch's default)")
     a = p.parse_args(argv)
+    if a.threads: torch.set_num_threads(a.threads)
     try: a.aug = float(a.aug)
     except ValueError: pass
     path = get_tiny_imagenet(a.data)
@@ -77,7 +82,8 @@ def main(argv=None):
         if 'datablock' in a.paths: r += [f'{res[size, k]/res[size, "datablock"]:.1f}x' for k in a.paths if k != 'datablock']
         rows.append('| ' + ' | '.join(r) + ' |')
     print(f"\nImages/second over {'one full pass' if not a.max_batches else f'{a.max_batches} batches'} of the train set "
-          f"({len(dl.dataset):,} images), bs {a.bs}, {nw} loader workers, augmentation {a.aug!r}, batches on the CPU:\n")
+          f"({len(dl.dataset):,} images), bs {a.bs}, {nw} loader workers, augmentation {a.aug!r}, batch transforms on the CPU "
+          f"with {torch.get_num_threads()} PyTorch thread(s):\n")
     print('\n'.join(rows))
     print(f"\ncommand: `{cmd}`\nmachine: {machine()}; load average at the end {load()} (1, 5, 15 min)")
     return res

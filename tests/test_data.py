@@ -223,12 +223,20 @@ def _targz(folder, dest):
     return dest
 
 
+@pytest.fixture(scope='module')
+def archives(tmp_path_factory):
+    "The bundled sample as .zip and .tar.gz archives (made once per module)"
+    d = tmp_path_factory.mktemp('archives')
+    return {'zip': _zip(SAMPLE, d/'tiny.zip'), 'tar.gz': _targz(SAMPLE, d/'tiny.tar.gz')}
+
+
 def _leftovers(d): return [p.name for p in Path(d).iterdir()] if Path(d).exists() else []
 
 
 @pytest.mark.parametrize('fmt', ['zip', 'tar.gz', 'tgz'])
-def test_archive_extracted_and_cached(tmp_path, fmt, monkeypatch):
-    arch = (_zip if fmt == 'zip' else _targz)(SAMPLE, tmp_path/f'tiny.{fmt}')
+def test_archive_extracted_and_cached(tmp_path, fmt, monkeypatch, archives):
+    arch = tmp_path/f'tiny.{fmt}'
+    shutil.copy(archives['zip' if fmt == 'zip' else 'tar.gz'], arch)
     p = get_tiny_imagenet(arch, dest=tmp_path/'data')
     assert p == tmp_path/'data'/'tiny-imagenet-200' and check_layout(p)['n_train'] == 1000
     assert _leftovers(tmp_path/'data') == ['tiny-imagenet-200']
@@ -237,8 +245,8 @@ def test_archive_extracted_and_cached(tmp_path, fmt, monkeypatch):
 
 
 @pytest.mark.parametrize('fmt', ['zip', 'tar.gz'])
-def test_truncated_archive(tmp_path, fmt):
-    good = (_zip if fmt == 'zip' else _targz)(SAMPLE, tmp_path/f'good.{fmt}')
+def test_truncated_archive(tmp_path, fmt, archives):
+    good = archives[fmt]
     bad = tmp_path/f'bad.{fmt}'
     bad.write_bytes(good.read_bytes()[:good.stat().st_size*2//3])
     with pytest.raises(ArchiveError, match=f'{bad.name} is truncated or corrupt'): get_tiny_imagenet(bad, dest=tmp_path/'data')
@@ -246,8 +254,8 @@ def test_truncated_archive(tmp_path, fmt):
     assert get_tiny_imagenet(good, dest=tmp_path/'data') == tmp_path/'data'/'tiny-imagenet-200'  # ... and not reused
 
 
-def test_corrupt_zip_member(tmp_path):
-    good = _zip(SAMPLE, tmp_path/'good.zip')
+def test_corrupt_zip_member(tmp_path, archives):
+    good = archives['zip']
     data = bytearray(good.read_bytes())
     i = data.index(b'JFIF') + 200  # inside the first stored JPEG: the CRC no longer matches
     data[i:i+8] = b'XXXXXXXX'
@@ -264,21 +272,20 @@ def test_archive_without_tiny_imagenet(tmp_path):
     assert _leftovers(tmp_path/'data') == []
 
 
-def test_killed_extraction_is_cleaned(tmp_path):
+def test_killed_extraction_is_cleaned(tmp_path, archives):
     "A temporary folder left by a killed extraction is removed, and never taken as the data"
     data = tmp_path/'data'; data.mkdir()
     p = subprocess.Popen([sys.executable, '-c', 'pass']); p.wait()  # a pid that is gone
     stale = data/f'.tiny-imagenet-200.partial-{p.pid}-abc'
-    shutil.copytree(SAMPLE, stale/'tiny-imagenet-200')
-    arch = _targz(SAMPLE, tmp_path/'t.tgz')
-    assert get_tiny_imagenet(arch, dest=data) == data/'tiny-imagenet-200'
+    shutil.copytree(SAMPLE/'train', stale/'tiny-imagenet-200'/'train')
+    shutil.copy(SAMPLE/'wnids.txt', stale/'tiny-imagenet-200')
+    assert get_tiny_imagenet(archives['tar.gz'], dest=data) == data/'tiny-imagenet-200'
     assert _leftovers(data) == ['tiny-imagenet-200']
 
 
-def test_existing_broken_folder_not_reused(tmp_path, copy):
+def test_existing_broken_folder_not_reused(tmp_path, archives):
     data = tmp_path/'data'; (data/'tiny-imagenet-200'/'train').mkdir(parents=True)
-    arch = _targz(SAMPLE, tmp_path/'t.tgz')
-    with pytest.raises(LayoutError, match='exists but is not a valid extraction.*delete it'): get_tiny_imagenet(arch, dest=data)
+    with pytest.raises(LayoutError, match='exists but is not a valid extraction.*delete it'): get_tiny_imagenet(archives['tar.gz'], dest=data)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -299,15 +306,15 @@ def server(tmp_path):
     srv.shutdown(); srv.server_close()
 
 
-def test_download(tmp_path, server):
-    _Handler.payload, _Handler.lie = _zip(SAMPLE, tmp_path/'src.zip').read_bytes(), False
+def test_download(tmp_path, server, archives):
+    _Handler.payload, _Handler.lie = archives['zip'].read_bytes(), False
     url = f'http://127.0.0.1:{server.server_port}/tiny-imagenet-200.zip'
     p = get_tiny_imagenet(url, dest=tmp_path/'data', archive=tmp_path/'arch')
     assert check_layout(p)['n_valid'] == 500 and _leftovers(tmp_path/'arch') == ['tiny-imagenet-200.zip']
 
 
-def test_interrupted_download(tmp_path, server):
-    _Handler.payload, _Handler.lie = _zip(SAMPLE, tmp_path/'src.zip').read_bytes(), True
+def test_interrupted_download(tmp_path, server, archives):
+    _Handler.payload, _Handler.lie = archives['zip'].read_bytes(), True
     url = f'http://127.0.0.1:{server.server_port}/tiny-imagenet-200.zip'
     with pytest.raises(DownloadError, match='did not finish'): get_tiny_imagenet(url, dest=tmp_path/'data', archive=tmp_path/'arch')
     assert _leftovers(tmp_path/'arch') == [] and _leftovers(tmp_path/'data') == []

@@ -125,6 +125,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'tiny_fastai.fast.ArrayCache.size': ('fast.html#arraycache.size', 'tiny_fastai/fast.py'),
                                   'tiny_fastai.fast.FastDL': ('fast.html#fastdl', 'tiny_fastai/fast.py'),
                                   'tiny_fastai.fast.FastDL.__init__': ('fast.html#fastdl.__init__', 'tiny_fastai/fast.py'),
+                                  'tiny_fastai.fast.FastDL._active': ('fast.html#fastdl._active', 'tiny_fastai/fast.py'),
                                   'tiny_fastai.fast.FastDL._augment': ('fast.html#fastdl._augment', 'tiny_fastai/fast.py'),
                                   'tiny_fastai.fast.FastDL.cache': ('fast.html#fastdl.cache', 'tiny_fastai/fast.py'),
                                   'tiny_fastai.fast.FastDL.cached_batch': ('fast.html#fastdl.cached_batch', 'tiny_fastai/fast.py'),

@@ -1,0 +1,115 @@
+"""The `tiny-fastai` command: the demo preset end to end in a subprocess (small epochs) with its results.json, the exported
+model reloaded in new processes by `predict` (awkward images) and `evaluate`, and one-line errors with exit code 2."""
+import contextlib, io, json, subprocess, sys, shutil, pytest
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from tiny_fastai.cli import main
+from tiny_fastai.data import make_subset, sample_path
+
+BIN = str(Path(sys.executable).parent/'tiny-fastai')
+def cli(*args, cwd=None):
+    return subprocess.run([BIN] + [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=900)
+
+def run_main(*args):
+    "`main(args)` in this process: (exit code, stdout, stderr)"
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        try: code = main([str(a) for a in args])
+        except SystemExit as x: code = x.code
+    return code, o.getvalue(), e.getvalue()
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    "`tiny-fastai train` (the demo preset on the bundled sample) with 1 epoch per stage, run from a fresh folder"
+    d = tmp_path_factory.mktemp('demo')
+    r = cli('train', '--epochs', '1,1,1', cwd=d)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return d/'runs'/'demo', r
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp('imgs')
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), 'L').save(d/'gray.jpg')
+    Image.fromarray(rng.integers(0, 255, (48, 40, 4), dtype=np.uint8), 'RGBA').save(d/'rgba.png')
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(d/'tiny8.png')
+    Image.fromarray(rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)).save(d/'big500x300.jpg')
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8), 'L').convert('P').save(d/'palette.gif')
+    shutil.copy(next((sample_path()/'val'/'images').iterdir()), d/'val.JPEG')
+    (d/'notes.txt').write_text('not an image'); (d/'empty.png').write_bytes(b'')
+    return d
+
+def test_demo_end_to_end(demo):
+    "The demo writes results.json with the documented fields, the exported model, the plots, and ends with a table"
+    out, r = demo
+    res = json.loads((out/'results.json').read_text())
+    for k in ('top1', 'top5', 'top1_tta', 'top5_tta', 'params', 'stages', 'epochs', 'wall_s', 'device', 'history'):
+        assert k in res, k
+    assert [(s['size'], s['epochs']) for s in res['stages']] == [(16, 1), (32, 1), (64, 1)]
+    assert all(s['lr'] > 0 for s in res['stages'])          # stage 1's from lr_find
+    assert res['epochs'] == 3 and len(res['history']) == 3
+    for h, size in zip(res['history'], (16, 32, 64)):
+        assert h['size'] == size and {'stage', 'train_loss', 'valid_loss', 'top1', 'top5'} <= set(h)
+    assert 0 <= res['top1'] <= res['top5'] <= 1 and 0 <= res['top1_tta'] <= res['top5_tta'] <= 1
+    assert res['n_valid'] == 500 and len(res['classes']) == 10 and res['device'].startswith('cpu')
+    assert isinstance(res['params'], int) and res['params'] > 0 and res['wall_s'] > 0
+    for f in ('model.pkl', 'history.png', 'history.csv', 'lr_find_1_16px.png'): assert (out/f).stat().st_size > 0, f
+    assert '| top-1 |' in r.stdout and '| top-5 |' in r.stdout and 'wrote ' in r.stdout
+
+def test_predict_in_new_process(demo, images):
+    "A new process loads model.pkl and gives the top 5 readable classes for grayscale, RGBA, 8x8, 500x300, palette images"
+    out, _ = demo
+    names = ['gray.jpg', 'rgba.png', 'tiny8.png', 'big500x300.jpg', 'palette.gif', 'val.JPEG']
+    r = cli('predict', out/'model.pkl', *[images/n for n in names], '--json')
+    assert r.returncode == 0, r.stderr[-3000:]
+    res, classes = json.loads(r.stdout), json.loads((out/'results.json').read_text())['classes']
+    assert [Path(o['file']).name for o in res] == names
+    for o in res:
+        assert len(o['top']) == 5 and all(c in classes for c, _ in o['top'])
+        ps = [p for _, p in o['top']]
+        assert ps == sorted(ps, reverse=True) and 0 < sum(ps) <= 1 + 1e-5
+
+def test_predict_errors(demo, images):
+    "A file that is not an image, an empty file or a missing file: one line on stderr naming it, exit code 2"
+    out, _ = demo
+    r = cli('predict', out/'model.pkl', images/'notes.txt')
+    assert r.returncode == 2 and 'Traceback' not in r.stderr
+    assert r.stderr.strip().startswith(f"tiny-fastai predict: error: {images/'notes.txt'} is not an image that PIL can read")
+    assert len(r.stderr.strip().splitlines()) == 1
+    for f, msg in (('empty.png', 'is an empty file'), ('missing.jpg', 'does not exist')):
+        code, _, err = run_main('predict', out/'model.pkl', images/f)
+        assert code == 2 and f in err and msg in err and len(err.strip().splitlines()) == 1
+
+def test_evaluate_in_new_process(demo):
+    "`tiny-fastai evaluate` reloads the model and gives the same plain accuracy as at the end of training"
+    out, _ = demo
+    r = cli('evaluate', out/'model.pkl', '--data', sample_path(), '--json', '--no-tta')
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev, res = json.loads(r.stdout), json.loads((out/'results.json').read_text())
+    assert ev['n_valid'] == 500 and ev['top1'] == pytest.approx(res['top1'], abs=1e-6)
+    assert ev['top5'] == pytest.approx(res['top5'], abs=1e-6)
+
+def test_model_file_errors(demo, tmp_path):
+    "A model file that is not a learner export, or one exported for another set of classes, gives one clear line"
+    out, _ = demo
+    (tmp_path/'fake.pkl').write_text('hello')
+    code, _, err = run_main('evaluate', tmp_path/'fake.pkl', '--data', sample_path())
+    assert code == 2 and 'is not a learner exported' in err and len(err.strip().splitlines()) == 1
+    other = make_subset(sample_path(), tmp_path/'other', n_classes=5, n_train=2, n_val=2)
+    code, _, err = run_main('evaluate', out/'model.pkl', '--data', other)
+    assert code == 2 and 'was exported for another set of classes: it knows 10 classes' in err, err
+
+@pytest.mark.parametrize('args,msg', [
+    (['--epochs', '300,200,1'], 'the plan has 501 epochs in all'),
+    (['--bs', '0'], 'the batch size must be a positive integer, got 0'),
+    (['--lr=-1e-3'], 'the learning rate must be a positive number'),
+    (['--preset', 'huge'], "unknown preset 'huge'; known presets: demo, full"),
+    (['--arch', 'resnet50'], "unknown arch 'resnet50'"),
+    (['--data', '/nonexistent/tiny'], '/nonexistent/tiny does not exist'),
+])
+def test_train_errors(tmp_path, args, msg):
+    "Bad settings: exit code 2, one line on stderr that names the problem, nothing written"
+    code, _, err = run_main('train', '--out', tmp_path/'o', *args)
+    assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path/'o').exists()
