@@ -5,11 +5,13 @@ Usage: python bench/loaders_fast.py [DATA] [--sizes 16 32 64] [--bs 128] [--work
                                     [--paths datablock fast fast-imgaug] [--cache-dir DIR] [--max-batches N]
 DATA: an extracted Tiny ImageNet folder or archive (default: $TINY_IMAGENET, else /work/data/tiny-imagenet-200).
 The time counts the whole pass (worker start-up included, the one-off cache build excluded, reported apart) and the
-batch transforms (`IntToFloatTensor`, `BatchResize`, `Normalize`) on the loader's device. Prints a markdown table,
+batch transforms (`IntToFloatTensor`, `BatchResize`, `Normalize`) on the loader's device. Beside images/second it
+reports the CPU time per image of the main process and the workers together, which depends much less on what else
+runs on the machine. Prints a markdown table,
 the command line and the machine (with its load average: on a shared machine the numbers move with the load).
 The main process runs the batch transforms with `--threads` PyTorch threads (default 1: with 2 cores and 2 loader
 workers, more threads only spin; the same setting for both paths)."""
-import argparse, os, platform, sys, time, warnings
+import argparse, gc, os, platform, resource, sys, time, warnings
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import torch
@@ -32,13 +34,19 @@ def machine():
 
 def load(): return ' '.join(f'{v:.1f}' for v in os.getloadavg())
 
+def cpu_s():
+    "CPU seconds used so far by this process and its finished children (the loader workers, once a pass is over)"
+    return sum(getattr(resource.getrusage(w), a) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for a in ('ru_utime', 'ru_stime'))
+
 def one_pass(dl, max_batches=None):
-    "Images/second of one pass over `dl` (at most `max_batches` batches)"
-    n,t0 = 0,time.perf_counter()
-    for i,(x,y) in enumerate(dl):
+    "Images, wall seconds and CPU seconds (main process and workers) of one pass over `dl` (at most `max_batches` batches)"
+    n,t0,c0 = 0,time.perf_counter(),cpu_s()
+    it = iter(dl)
+    for i,(x,y) in enumerate(it):
         n += len(x)
         if max_batches and i+1 >= max_batches: break
-    return n, time.perf_counter()-t0
+    del it; gc.collect()   # ends the workers, so that their CPU time is counted
+    return n, time.perf_counter()-t0, cpu_s()-c0
 
 def make(kind, path, size, a):
     kw = dict(size=size, bs=a.bs, aug=None if a.aug == 'none' else a.aug, num_workers=a.workers, seed=0, device='cpu')
@@ -71,15 +79,18 @@ def main(argv=None):
     for size in a.sizes:
         for kind in a.paths:
             dl = make(kind, path, size, a).train
-            n,t = one_pass(dl, a.max_batches)
-            res[size, kind] = n/t
-            print(f"{size:3d}px {kind:12s} {n:7,d} images in {t:7.1f} s: {n/t:8,.0f} images/s  (load {load()})", flush=True)
+            n,t,c = one_pass(dl, a.max_batches)
+            res[size, kind] = n/t,c/n*1e6
+            print(f"{size:3d}px {kind:12s} {n:7,d} images in {t:7.1f} s: {n/t:8,.0f} images/s, {c/n*1e6:6,.0f} us CPU/image "
+                  f"(load {load()})", flush=True)
     nw = dl.fake_l.num_workers
-    head = ['size'] + [PATHS[k] for k in a.paths] + [f'{k} / datablock' for k in a.paths if k != 'datablock' and 'datablock' in a.paths]
+    ratio = 'datablock' in a.paths and len(a.paths) > 1
+    head = ['size'] + [f'{PATHS[k]}: images/s (CPU us/image)' for k in a.paths] + (
+           [f'{k} / datablock (images/s)' for k in a.paths if k != 'datablock'] if ratio else [])
     rows = ['| ' + ' | '.join(head) + ' |', '|' + '---|'*len(head)]
     for size in a.sizes:
-        r = [f'{size} px'] + [f'{res[size, k]:,.0f}' for k in a.paths]
-        if 'datablock' in a.paths: r += [f'{res[size, k]/res[size, "datablock"]:.1f}x' for k in a.paths if k != 'datablock']
+        r = [f'{size} px'] + [f'{res[size, k][0]:,.0f} ({res[size, k][1]:,.0f})' for k in a.paths]
+        if ratio: r += [f'{res[size, k][0]/res[size, "datablock"][0]:.1f}x' for k in a.paths if k != 'datablock']
         rows.append('| ' + ' | '.join(r) + ' |')
     print(f"\nImages/second over {'one full pass' if not a.max_batches else f'{a.max_batches} batches'} of the train set "
           f"({len(dl.dataset):,} images), bs {a.bs}, {nw} loader workers, augmentation {a.aug!r}, batch transforms on the CPU "

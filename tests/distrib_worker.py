@@ -78,19 +78,20 @@ if '--data' in sys.argv:
     from tiny_fastai.models import get_arch
     res['data'] = {}
     for fast in (False, True):
-        try: dls = rank0_first(tiny_dls, sample_path(), size=16, bs=local_bs(48), num_workers=0, seed=0, fast=fast)
+        kw = dict(fast=True, cache_dir=out/'cache') if fast else {}     # rank0_first: one process builds the array cache
+        try: dls = rank0_first(tiny_dls, sample_path(), size=16, bs=local_bs(48), num_workers=0, seed=0, **kw)
         except (ImportError, NotImplementedError) as e:
             res['data']['fast' if fast else 'datablock'] = f'unavailable: {e}'; continue
         set_seed(0)
         learn = Learner(dls, get_arch('tiny')(n_out=len(dls.vocab)), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
                         path=out/'data')
         with distrib_training(learn), learn.no_bar(), learn.no_logging(): learn.fit(1, 3e-3)
-        recorded_acc = float(learn.recorder.values[-1][2])   # read it now: get_preds starts a new record (fastai)
+        recorded_acc,batches = float(learn.recorder.values[-1][2]),learn.train_iter   # now: get_preds resets them (fastai)
         with learn.no_bar():
             pa,ta = get_preds_all(learn)
             with no_gather(learn): pp,tp = learn.get_preds()
         res['data']['fast' if fast else 'datablock'] = dict(
-            n_train=len(dls.train_ds), n_valid=len(ta), batches=len(dls.train), targs_in_order=bool((ta == tp).all()),
+            n_train=len(dls.train_ds), n_valid=len(ta), batches=batches, targs_in_order=bool((ta == tp).all()),
             max_diff=float((pa-pp).abs().max()), recorded_acc=recorded_acc,
             plain_acc=float(accuracy(pp, tp)), params=checksum(learn.model),
             evaluate=evaluate_all(learn, tta=True, n=1) if not fast else None)

@@ -90,7 +90,7 @@ def test_loaders(ranks, loader):
     if isinstance(d0, str): pytest.skip(f"tiny_dls(fast=True) is not available here: {d0}")
     assert d0['params'] == d1['params']
     for d in (d0, d1):
-        assert (d['n_train'], d['n_valid'], d['batches']) == (1000, 500, 20)   # 500 train items a rank, bs 24
+        assert (d['n_train'], d['n_valid'], d['batches']) == (1000, 500, 20)   # one epoch: 500 train items a rank, bs 24
         assert d['targs_in_order'] and d['max_diff'] < 1e-5
         assert _close(d['recorded_acc'], d['plain_acc'])
     if loader == 'datablock':
