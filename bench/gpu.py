@@ -146,9 +146,11 @@ def throughput(dls, learn, dev, steps, warmup, skip):
     return dict(tensor_ips=tensor_ips, loader_ips=loader_ips, epoch_ips=epoch_ips, loader_only_ips=loader_only,
                 ratio=loader_ips/tensor_ips, precision=prec, bs=len(xb))
 
-def model_ips(arch, n_out, dev, size, bs, steps=8, warmup=3):
+def model_ips(arch, n_out, dev, size, bs, steps=None, warmup=None):
     "Training images/s of a fresh model `arch` at `size` px fed from the device (for planning the budget)"
     from tiny_fastai.models import get_arch
+    gpu = dev.type == 'cuda'
+    steps,warmup = ifnone(steps, 8 if gpu else 1),ifnone(warmup, 3 if gpu else 1)
     step,_ = make_step(SimpleNamespace(model=get_arch(arch)(n_out=n_out)), dev)
     x,y = torch.randn(bs, 3, size, size, device=dev),torch.randint(0, n_out, (bs,), device=dev)
     for _ in range(warmup): step(x, y)
@@ -173,9 +175,9 @@ def plan_epochs(epochs, cost, budget):
 
 class BudgetGuard(Callback):
     "Record every epoch in the report, and stop training (between epochs) once the deadline has passed"
-    order = 70
+    order = 70   # after MixHandler's before_train (which its after_cancel_fit needs)
     def __init__(self, report, deadline, info): self.report,self.deadline,self.info = report,deadline,info
-    def before_epoch(self):
+    def before_train(self):
         if time.time() > self.deadline:
             self.info['stopped'] = 'the wall-clock budget ran out'
             raise CancelFitException()
@@ -201,10 +203,17 @@ def main(argv=None):
     p.add_argument('--max-bs', type=int, default=8192, help='upper limit of the batch size search of (b)')
     p.add_argument('--only', nargs='+', default=['a', 'b', 'c'], choices=['a', 'b', 'c'], help='steps to run')
     p.add_argument('--tta-n', type=int, default=None, help="TTA passes of the final evaluation (default: the recipe's)")
+    p.add_argument('--sizes', type=int, nargs='+', default=None, help="train only the recipe's stages of these sizes (default: all)")
     p.add_argument('--seed', type=int, default=42)
+    p.add_argument('--threads', type=int, default=None, help="PyTorch CPU threads (default: PyTorch's; 1 on a busy CPU-only machine)")
     a = p.parse_args(argv)
+    if a.threads: torch.set_num_threads(a.threads)
     if a.data is None: p.error('give the Tiny ImageNet archive or folder (or set TINY_IMAGENET)')
     r = get_recipe('full')
+    if a.sizes:
+        keep = [i for i,s in enumerate(r['sizes']) if s in a.sizes]
+        if not keep: p.error(f"--sizes: the full recipe's stages are at {r['sizes']} px")
+        r.update({k: tuple(r[k][i] for i in keep) for k in ('sizes', 'epochs', 'lrs')})
     arch,bs = a.arch or r['arch'],a.bs or r['bs']
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     devname = f"{torch.cuda.get_device_name(dev)} ({torch.cuda.get_device_properties(dev).total_memory/2**30:.0f} GiB)" if dev.type == 'cuda' else 'cpu (no GPU)'

@@ -113,3 +113,16 @@ def test_train_errors(tmp_path, args, msg):
     code, _, err = run_main('train', '--out', tmp_path/'o', *args)
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path/'o').exists()
+
+def test_bad_image_refused_unless_skip_bad(tmp_path):
+    "An image in the data that cannot be decoded is listed and the run refuses to start; with --skip-bad it is left out"
+    data = make_subset(sample_path(), tmp_path/'tiny', n_classes=3, n_train=10, n_val=4)
+    bad = sorted((data/'train').glob('*/images/*.JPEG'))[0]
+    bad.write_bytes(bad.read_bytes()[:100])
+    args = ['train', '--data', data, '--out', tmp_path/'o', '--sizes', '16', '--epochs', '1', '--lr', '1e-3', '--bs', '8', '--no-tta']
+    code, _, err = run_main(*args)
+    assert code == 2 and bad.name in err and '--skip-bad' in err, err
+    assert not (tmp_path/'o').exists()
+    code, out, err = run_main(*args, '--skip-bad')
+    assert code == 0, err
+    assert json.loads((tmp_path/'o'/'results.json').read_text())['n_train'] == 29

@@ -146,6 +146,7 @@ def test_presets_pass(presets):
         rep = check_rules(m)
         assert rep['params'] == PARAMS[a] and rep['output'] == (2, 200), a
         assert 'no dropout' in repr(rep) and 'no widening 1x1' in repr(rep)
+        assert rep['rf'] >= 64, a   # the head conv sees the whole 64x64 image
 
 def test_head_wider_than_features():
     "n_out above the last width: the head is a 3x3, still legal"
@@ -197,12 +198,14 @@ def test_kwargs_and_errors():
     with pytest.raises(ValueError, match='stem_stride='): SepXResNet(stem_szs=(8,16), stem_stride=(1,2,2))
     with pytest.raises(ValueError, match="shortcut='conv'"): SepXResNet(shortcut='conv')
 
-def test_final_receptive_field(presets):
-    for a,m in presets.items():
-        df = receptive_field(m)
-        head = df[df.fn=='conv2d'].iloc[-1]
-        assert head.path == f'{len(m)-3}.0' and head.rf >= 64, a   # the head conv sees the whole 64x64 image
-        assert df.iloc[-1].fn == 'adaptive_avg_pool2d' and df.iloc[-1]['size'] == 1, a
+def test_receptive_field_table(presets):
+    m = presets['tiny']
+    df = receptive_field(m)
+    head = df[df.fn=='conv2d'].iloc[-1]
+    assert head.path == f'{len(m)-3}.0' and head.rf == check_rules(m)['rf'] == 187
+    assert df.iloc[-1].fn == 'adaptive_avg_pool2d' and df.iloc[-1]['size'] == 1
+    assert stage_rf(df).path.tolist() == ['0.0', '1.0', '2.0.convpath.1.0.0', '3.0.convpath.1.0.0', '4.0.convpath.1.0.0',
+                                          '5.0.convpath.1.0.0', '6.0', '7']
 
 def test_forward_backward(presets):
     for a,m in presets.items():

@@ -7,20 +7,20 @@ __all__ = ['ARCHS', 'PadChannels', 'SepConv', 'SepBlock', 'SepXResNet', 'sep_xre
            'sep_xresnet_medium', 'sep_xresnet_large', 'get_arch', 'RuleError', 'trace_model', 'RulesReport',
            'check_rules', 'receptive_field', 'count_macs', 'stage_rf', 'model_stats', 'model_table', 'markdown_table']
 
-# %% ../nbs/02_models.ipynb #6c760856
+# %% ../nbs/02_models.ipynb #7e27ab79
 from fastai.torch_basics import *
 from fastai.layers import *
 from fastai.vision.models.xresnet import init_cnn
 from torch.overrides import TorchFunctionMode
 import pandas as pd
 
-# %% ../nbs/02_models.ipynb #63031d96
+# %% ../nbs/02_models.ipynb #a16d36a7
 class PadChannels(Module):
     "Widen the channel dim from `ni` to `nf` by appending zero channels"
     def __init__(self, ni, nf): store_attr()
     def forward(self, x): return F.pad(x, (0,0)*(x.dim()-2) + (0, self.nf-self.ni))
 
-# %% ../nbs/02_models.ipynb #4636d2f8
+# %% ../nbs/02_models.ipynb #3a815d13
 class SepConv(nn.Sequential):
     "Depthwise `ks` conv from `ni` to `ni*mult` channels, then a 1x1 from `ni*mult` down to `nf`"
     @delegates(ConvLayer.__init__)
@@ -31,7 +31,7 @@ class SepConv(nn.Sequential):
             ConvLayer(ni, nh, ks, stride=stride, groups=ni, act_cls=act_cls if dw_act else None, ndim=ndim, **kwargs),
             ConvLayer(nh, nf, 1, act_cls=act_cls, norm_type=norm_type, ndim=ndim, **kwargs))
 
-# %% ../nbs/02_models.ipynb #17d62c0c
+# %% ../nbs/02_models.ipynb #ea1758b7
 def _shortcut(ni, nf, kind='dw', ndim=2, **kwargs):
     "Layers that take `ni` channels to `nf` without a widening 1x1"
     if nf==ni: return []
@@ -41,7 +41,7 @@ def _shortcut(ni, nf, kind='dw', ndim=2, **kwargs):
     if nf%ni==0: return [ConvLayer(ni, nf, 3, groups=ni, act_cls=None, ndim=ndim, **kwargs)]
     return [SepConv(ni, nf, act_cls=None, ndim=ndim, **kwargs)]  # depthwise to ni*ceil(nf/ni), then a 1x1 that reduces
 
-# %% ../nbs/02_models.ipynb #c53eb35a
+# %% ../nbs/02_models.ipynb #9f8049c2
 class SepBlock(Module):
     "Residual block of two `SepConv` from `ni` to `nf` with `stride`, and a shortcut that never widens with a 1x1"
     @delegates(ConvLayer.__init__)
@@ -57,14 +57,14 @@ class SepBlock(Module):
 
     def forward(self, x): return self.act(self.convpath(x) + self.idpath(x))
 
-# %% ../nbs/02_models.ipynb #f9d2c0f1
+# %% ../nbs/02_models.ipynb #78ceb88b
 def _tup(o, n, name):
     "`o` repeated `n` times if it is a scalar, else checked to have length `n`"
     res = tuple(o) if is_listy(o) else (o,)*n
     if len(res)!=n: raise ValueError(f"{name}={o!r} has {len(res)} values, expected {n}")
     return res
 
-# %% ../nbs/02_models.ipynb #7c101da7
+# %% ../nbs/02_models.ipynb #cb633f37
 class SepXResNet(nn.Sequential):
     "An xresnet of depthwise-separable `SepBlock`s with a small-image stem and a conv + global-pool head"
     @delegates(SepBlock.__init__)
@@ -88,7 +88,7 @@ class SepXResNet(nn.Sequential):
         super().__init__(*stem, *stages, head, AdaptiveAvgPool(1, ndim=ndim), Flatten())
         init_cnn(self)
 
-# %% ../nbs/02_models.ipynb #a83e383d
+# %% ../nbs/02_models.ipynb #b9a3a905
 def sep_xresnet_tiny(n_out=200, **kwargs):
     "CPU-friendly: stride-2 stem, then one narrow block per stage, each halving the size"
     return SepXResNet(**{**dict(layers=(1,1,1,1), widths=(32,64,128,256), stem_szs=(16,32), stem_stride=2,
@@ -109,7 +109,7 @@ def sep_xresnet_large(n_out=200, **kwargs):
     return SepXResNet(**{**dict(layers=(3,4,6,3), widths=(192,384,768,1536), stem_szs=(32,64,192), stem_stride=(1,2,1)),
                          **kwargs}, n_out=n_out)
 
-# %% ../nbs/02_models.ipynb #facb08a0
+# %% ../nbs/02_models.ipynb #a270ff84
 ARCHS = dict(tiny=sep_xresnet_tiny, small=sep_xresnet_small, medium=sep_xresnet_medium, large=sep_xresnet_large)
 
 def get_arch(name):
@@ -117,7 +117,7 @@ def get_arch(name):
     if name not in ARCHS: raise ValueError(f"unknown arch {name!r}; known archs: {', '.join(ARCHS)}")
     return ARCHS[name]
 
-# %% ../nbs/02_models.ipynb #b8681cf2
+# %% ../nbs/02_models.ipynb #42990b1f
 class RuleError(ValueError):
     "The model breaks the rules; `violations` is a list of `(module path, rule, reason)`"
     def __init__(self, violations, name='model'):
@@ -125,7 +125,7 @@ class RuleError(ValueError):
         super().__init__(f"{name} breaks {len(violations)} rule(s):\n" +
                          '\n'.join(f"  - {p}: {r}: {why}" for p,r,why in violations))
 
-# %% ../nbs/02_models.ipynb #b3e5e71f
+# %% ../nbs/02_models.ipynb #b4c02d1e
 _conv_fns  = {'conv1d','conv2d','conv3d','conv_transpose1d','conv_transpose2d','conv_transpose3d'}
 _pool_args = {'max_pool1d':'kernel_size stride padding dilation', 'max_pool2d':'kernel_size stride padding dilation',
               'max_pool3d':'kernel_size stride padding dilation', 'max_pool2d_with_indices':'kernel_size stride padding dilation',
@@ -142,7 +142,7 @@ def _arg(args, kwargs, names, name, default=None):
     i = names.index(name)
     return kwargs.get(name, args[i+1] if len(args)>i+1 else default)
 
-# %% ../nbs/02_models.ipynb #dfcfddcf
+# %% ../nbs/02_models.ipynb #345a9c5b
 class _Tracer(TorchFunctionMode):
     "Record conv/pool/linear/dropout calls with the module that made them, propagating receptive fields through all ops"
     def __init__(self, model):
@@ -200,7 +200,7 @@ class _Tracer(TorchFunctionMode):
         self.calls.append(row)
         return j2,r2
 
-# %% ../nbs/02_models.ipynb #c9d0c227
+# %% ../nbs/02_models.ipynb #d9fe5714
 def _violations(model, calls):
     "Every `(path, rule, reason)` broken by the modules of `model` or by the traced `calls`"
     res = []
@@ -226,7 +226,7 @@ def _violations(model, calls):
         if v[:2] not in seen: res.append(v); seen.add(v[:2])
     return res
 
-# %% ../nbs/02_models.ipynb #b5e88bb9
+# %% ../nbs/02_models.ipynb #adcaaa04
 def _c_in(model):
     "Input channels of the first conv of `model` (3 if none)"
     return next((m.in_channels for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd) and m.in_channels), 3)
@@ -251,15 +251,16 @@ def trace_model(model, size=64, bs=2, c_in=None, train=False):
             for b,o in zip(model.buffers(), bufs): b.copy_(o)
     return tr,out
 
-# %% ../nbs/02_models.ipynb #cedf1ba2
+# %% ../nbs/02_models.ipynb #1c682207
 class RulesReport(dict):
     "What `check_rules` found: a dict with a one-line summary as repr"
     def __repr__(self):
         return (f"{self['params']:,} params <= {self['max_params']:,}; no dropout; no fully connected layer; "
                 f"no widening 1x1 ({self['convs']} convs checked, {self['convs_1x1']} are 1x1); "
-                f"output {tuple(self['output'])} at {self['size']}px")
+                f"output {tuple(self['output'])} at {self['size']}px, {self['macs']/1e6:,.1f}M MACs/image, "
+                f"receptive field of the last conv {self['rf']}px")
 
-# %% ../nbs/02_models.ipynb #05ad03ec
+# %% ../nbs/02_models.ipynb #c99e1221
 def check_rules(model, max_params=26_000_000, size=64, c_in=None, name=None):
     "Check `model` against the assignment's rules; raise `RuleError` listing every violation, else return a report"
     name = name or type(model).__name__
@@ -272,9 +273,10 @@ def check_rules(model, max_params=26_000_000, size=64, c_in=None, name=None):
     if res: raise RuleError(res, name)
     convs = [c for c in tr.calls if c['fn'] in _conv_fns]
     return RulesReport(params=n, max_params=max_params, dropout=0, fully_connected=0, widening_1x1=0, size=size,
-                       convs=len(convs), convs_1x1=sum(math.prod(c['kernel'])==1 for c in convs), output=out.shape)
+                       convs=len(convs), convs_1x1=sum(math.prod(c['kernel'])==1 for c in convs), output=out.shape,
+                       macs=sum(c.get('macs', 0) for c in tr.calls), rf=convs[-1]['rf'] if convs else None)
 
-# %% ../nbs/02_models.ipynb #d28a8ec2
+# %% ../nbs/02_models.ipynb #77d2fe4a
 def receptive_field(model, size=64, c_in=None):
     "Per conv/pool call of `model` on a `size` input: module path, output size, stride, jump and receptive field"
     tr,_ = trace_model(model, size=size, bs=1, c_in=c_in)
@@ -283,19 +285,19 @@ def receptive_field(model, size=64, c_in=None):
     df.insert(0, 'stage', df.path.str.split('.').str[0])
     return df
 
-# %% ../nbs/02_models.ipynb #490ec716
+# %% ../nbs/02_models.ipynb #7a376f56
 def count_macs(model, size=64, c_in=None):
     "Multiply-adds of one `size`x`size` image through the convs (and linears) of `model`"
     tr,_ = trace_model(model, size=size, bs=1, c_in=c_in)
     return sum(c.get('macs', 0) for c in tr.calls)
 
-# %% ../nbs/02_models.ipynb #45429a2f
+# %% ../nbs/02_models.ipynb #716b0f2b
 def stage_rf(model, size=64, c_in=None):
     "The row of `receptive_field` with the largest receptive field in each top-level child of `model` (or of a table)"
     df = model if isinstance(model, pd.DataFrame) else receptive_field(model, size=size, c_in=c_in)
     return df.loc[df.groupby('stage', sort=False).rf.idxmax()].reset_index(drop=True)
 
-# %% ../nbs/02_models.ipynb #9ca50635
+# %% ../nbs/02_models.ipynb #7788d8a5
 def model_stats(model, size=64, c_in=None):
     "Params, multiply-adds, final conv size and receptive field of `model` on a `size` input, from one traced forward"
     tr,_ = trace_model(model, size=size, bs=1, c_in=c_in)
