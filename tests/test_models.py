@@ -8,6 +8,14 @@ PRESETS = ['tiny', 'small', 'medium', 'large']
 # exact parameter counts at n_out=200: a change here is a change of architecture, so update the README table too
 PARAMS = dict(tiny=248_024, small=1_583_784, medium=10_574_312, large=23_396_456)
 
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    "On a shared 2-core machine, two OpenMP threads per process collapse under load (3-8x slower here); one is steady"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 @pytest.fixture(scope='module')
 def presets():
     torch.manual_seed(0)
