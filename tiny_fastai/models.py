@@ -251,7 +251,7 @@ def trace_model(model, size=64, bs=2, c_in=None, train=False):
             for b,o in zip(model.buffers(), bufs): b.copy_(o)
     return tr,out
 
-# %% ../nbs/02_models.ipynb #140da85d
+# %% ../nbs/02_models.ipynb #17026da6
 class RulesReport(dict):
     "What `check_rules` found: a dict with a one-line summary as repr"
     def __repr__(self):
@@ -260,7 +260,7 @@ class RulesReport(dict):
                 f"output {tuple(self['output'])} at {self['size']}px, {self['macs']/1e6:,.1f}M MACs/image, "
                 f"receptive field of the last conv {self['rf']}px")
 
-# %% ../nbs/02_models.ipynb #173f3511
+# %% ../nbs/02_models.ipynb #353d754f
 def check_rules(model, max_params=26_000_000, size=64, c_in=None, name=None):
     "Check `model` against the assignment's rules; raise `RuleError` listing every violation, else return a report"
     name = name or type(model).__name__
