@@ -15,8 +15,9 @@ Usage: python bench/gpu.py DATA --out OUT [--budget-s 480] [--deadline-s S] [--w
 DATA: Tiny ImageNet as a .tar.gz/.zip archive (extracted to --data-dest) or an extracted folder.
 On a machine without fastai/imgaug (the GPU machine): `shared/device/get-wheels .whl` here, then there
 `python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:$PWD python3 bench/gpu.py ...`.
-It runs on a CPU too (for testing: `--budget-s 60 --arch tiny` on the bundled sample), where (b) returns fastai's
-default and says so."""
+With a 10-minute limit per command, give `--deadline-s` (e.g. 570): (c) then shrinks its budget so that the whole
+script, setup included, ends in time. It runs on a CPU too (for testing: `--budget-s 60 --arch tiny --threads 1` on the
+bundled sample or a `make_subset`), where (b) returns the default batch size and says so."""
 import argparse, json, os, platform, sys, tempfile, time, warnings
 from types import SimpleNamespace
 from pathlib import Path

@@ -13,6 +13,8 @@ from fastai.learner import SkipToEpoch
 from PIL import Image, UnidentifiedImageError
 from .data import tiny_dls, resize_dls, sample_path, get_tiny_imagenet, BatchResize, URL_TINY
 from .models import get_arch, check_rules, ARCHS
+from .distrib import (init_distrib, distrib_training, rank0_first, on_rank0, broadcast_object, get_preds_all,
+                                 local_bs, world_size)
 
 # %% auto #0
 __all__ = ['MAX_EPOCHS', 'CKPT_FORMAT', 'MIXES', 'RECIPES', 'PlanError', 'CheckpointError', 'NanLossError', 'ModelFileError',
@@ -329,8 +331,8 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
     want = dict(plan=[[s,n] for s,n,_ in plan], arch=getattr(learn, 'arch', None), **(config or {}))
     lrs,start,done,rng,runs,ended = [lr for *_,lr in plan],0,0,None,1,False
     if not rank_distrib(): _clean_tmp(ck.file)
-    if resume and ck.file.exists():
-        state = read_checkpoint(ck.file)
+    state = on_rank0(lambda: read_checkpoint(ck.file) if resume and ck.file.exists() else None)
+    if state is not None:
         bad = _mismatch(state['meta'], want)
         if state.get('vocab') != list(learn.dls.vocab): bad.append(f"classes: the checkpoint has {len(state['vocab'])}, the data {len(learn.dls.vocab)}")
         if bad: raise CheckpointError(f"{ck.file} belongs to another run ({'; '.join(bad)}). Run with the same settings "
@@ -350,7 +352,7 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
         if rng is not None: set_rng_state(rng, learn.dls.train); rng = None  # checkpoint inside this stage
         ck.stage = dict(stage=i, size=size, epochs=n, lr=lrs[i])
         if lrs[i] is None:
-            lrs[i] = find_lr(learn, learn.path/f'lr_find_{i+1}_{size}px.png', **(lr_find_kw or {}))
+            lrs[i] = broadcast_object(find_lr(learn, learn.path/f'lr_find_{i+1}_{size}px.png', **(lr_find_kw or {})))
             _say(f"stage {i+1} ({size}px): lr_find suggests {lrs[i]:.2e}")
             ck.stage['lr'] = lrs[i]
             ck.save(lrs=lrs, stage=i, stage_epochs=0)
@@ -369,10 +371,10 @@ def evaluate(learn, size=None, tta:bool=True, n:int=4, dl=None) -> dict:
         dl = dls.valid
     with learn.no_bar(), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        preds,targs = learn.get_preds(dl=dl)
+        preds,targs = get_preds_all(learn, dl)
         res = dict(top1=top1(preds, targs).item(), top5=top5(preds, targs).item(), n_valid=len(targs))
         if tta:
-            tp,tt = learn.tta(dl=dl, n=n)
+            tp,tt = get_preds_all(learn, dl, tta=True, n=n)
             res.update(top1_tta=top1(tp, tt).item(), top5_tta=top5(tp, tt).item())
     return res
 
@@ -514,6 +516,7 @@ def resolve_plan(preset='demo', arch=None, epochs=None, sizes=None, lrs=None, bs
 def cpu_setup(num_workers:int=None) -> int:
     "For training on the CPU: loader workers and PyTorch threads that together use the cores without oversubscribing them"
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    n = max(1, n // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
     if num_workers is None: num_workers = min(4, n//2)
     torch.set_num_threads(max(1, n - num_workers))
     return num_workers
@@ -537,11 +540,12 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     out = Path(out if out is not None else Path('runs')/preset)
     if out.exists() and not out.is_dir(): raise PlanError(f"--out {out} exists and is not a folder")
     src = data if data is not None else r['data']
-    path = sample_path() if src is None else get_tiny_imagenet(src)
+    init_distrib(device)
+    path = sample_path() if src is None else rank0_first(get_tiny_imagenet, src)
     device = torch.device(device) if device is not None else default_device()
     if device.type == 'cpu': num_workers = cpu_setup(num_workers)
     set_seed(seed, reproducible=True)
-    dls = tiny_dls(path, size=r['sizes'][0], bs=r['bs'], seed=seed, num_workers=num_workers, skip_bad=skip_bad, device=device,
+    dls = rank0_first(tiny_dls, path, size=r['sizes'][0], bs=local_bs(r['bs']), seed=seed, num_workers=num_workers, skip_bad=skip_bad, device=device,
                    check_images=True)
     learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], path=out)
     if restart and not rank_distrib():
@@ -549,7 +553,8 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     config = dict(bs=r['bs'], mix=r['mix'], ls=r['ls'], seed=seed)
     _say(f"{preset}: {r['arch']} ({learn.rules['params']:,} params), {len(dls.vocab)} classes, {len(dls.train_ds):,} train / "
          f"{len(dls.valid_ds):,} val images from {path}, on {_device_name(dls)}")
-    progressive_fit(learn, r['stages'], config=config, pct_start=r['pct_start'], lr_find_kw=dict(num_it=r['lr_find_it']))
+    with distrib_training(learn):
+        progressive_fit(learn, r['stages'], config=config, pct_start=r['pct_start'], lr_find_kw=dict(num_it=r['lr_find_it']))
     ck = learn.checkpoint
     _say("evaluating on the val set" + (f" (with {r['tta_n']}-pass TTA)" if tta else ""))
     ev = evaluate(learn, size=r['sizes'][-1], tta=tta, n=r['tta_n'])
@@ -558,7 +563,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
                epochs=sum(r['epochs']), wall_s=round(time.time()-t0, 1), train_s=round(sum(h['time_s'] for h in ck.history), 1),
                device=_device_name(dls), history=ck.history, preset=preset, arch=r['arch'], bs=r['bs'], mix=r['mix'], ls=r['ls'],
                wd=r['wd'], seed=seed, runs=ck.meta.get('runs', 1), data=str(path), classes=list(dls.vocab),
-               n_train=len(dls.train_ds), n_valid=ev['n_valid'], tta_n=r['tta_n'] if tta else 0)
+               world_size=world_size(), bs_per_process=local_bs(r['bs']), n_train=len(dls.train_ds), n_valid=ev['n_valid'], tta_n=r['tta_n'] if tta else 0)
     if not rank_distrib():
         export_learner(learn, out/'model.pkl')
         plot_history(ck.history, out/'history.png')
