@@ -48,13 +48,13 @@ def baseline(path, sizes, epochs, lr, bs, seed, num_workers):
     return dict(top1=float(top1), top5=float(top5), params=sum(p.numel() for p in learn.model.parameters()))
 
 
-def ours(path, sizes, epochs, lr, bs, seed, num_workers, arch, out):
+def ours(path, sizes, epochs, lr, bs, seed, num_workers, arch, out, fast=True):
     "tiny_fastai's recipe at the same sizes and epochs"
     from fastai.vision.all import set_seed
     from tiny_fastai.data import tiny_dls
     from tiny_fastai.train import tiny_learner, progressive_fit, evaluate
     set_seed(seed, reproducible=True)
-    dls = tiny_dls(path, size=sizes[0], bs=bs, seed=seed, num_workers=num_workers)
+    dls = tiny_dls(path, size=sizes[0], bs=bs, seed=seed, num_workers=num_workers, fast=fast)
     learn = tiny_learner(dls, arch, path=out)
     progressive_fit(learn, [(s, n, lr) for s, n in zip(sizes, epochs)], resume=False)
     ev = evaluate(learn, size=sizes[-1], tta=False)
@@ -68,7 +68,7 @@ def main(argv=None):
     p.add_argument('--sizes', default='16,32,64'); p.add_argument('--epochs', default='4,4,4')
     p.add_argument('--arch', default='tiny'); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--lr', type=float, default=3e-3); p.add_argument('--seed', type=int, default=42)
-    p.add_argument('--num-workers', type=int, default=None); p.add_argument('--classes', type=int, default=20)
+    p.add_argument('--num-workers', type=int, default=None); p.add_argument('--datablock', action='store_true', help='ours on the DataBlock path instead of the fast path'); p.add_argument('--classes', type=int, default=20)
     a = p.parse_args(argv)
     if not a.data: p.error('give --data or set TINY_IMAGENET to the full Tiny ImageNet')
     warnings.filterwarnings('ignore')
@@ -80,7 +80,7 @@ def main(argv=None):
     if not sub.exists(): make_subset(full, sub, n_classes=a.classes, n_train=500, n_val=50, seed=0)
     rows = []
     for name, fn in [('tiny_fastai: sep_xresnet_' + a.arch + ', imgaug, label smoothing, progressive_fit', 
-                      lambda: ours(sub, sizes, epochs, a.lr, a.bs, a.seed, a.num_workers, a.arch, tmp/'ours')),
+                      lambda: ours(sub, sizes, epochs, a.lr, a.bs, a.seed, a.num_workers, a.arch, tmp/'ours', fast=not a.datablock)),
                      ('fastai baseline: xresnet18, aug_transforms, fit_one_cycle',
                       lambda: baseline(sub, sizes, epochs, a.lr, a.bs, a.seed, a.num_workers))]:
         t0 = time.time(); r = fn(); r['wall_s'] = time.time() - t0; r['name'] = name; rows.append(r)

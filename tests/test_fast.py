@@ -298,10 +298,11 @@ def test_find_max_bs_cpu(sample_dls):
 def test_find_max_bs_gpu(sample_dls):
     from tiny_fastai.models import get_arch
     learn = Learner(sample_dls[0], get_arch('tiny')(n_out=10), loss_func=CrossEntropyLossFlat()).to('cuda')
-    w = [p.detach().clone() for p in learn.model.parameters()]
+    w = [p.detach().clone() for p in learn.model.state_dict().values()]
     bs = find_max_bs(learn, 64, max_bs=1024)
     assert bs % 8 == 0 and 8 <= bs <= 1024
-    assert all(torch.equal(a, b) for a,b in zip(w, learn.model.parameters()))   # weights untouched
+    assert all(torch.equal(a, b) for a,b in zip(w, learn.model.state_dict().values()))   # weights and statistics untouched
+    assert all(p.grad is None for p in learn.model.parameters())
 
 
 # ---------------------------------------------------------------- bench/gpu.py on a CPU
