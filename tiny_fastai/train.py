@@ -469,7 +469,7 @@ RECIPES = {
     'demo': dict(data=None, arch='tiny', sizes=(16,32,64), epochs=(2,2,4), lrs=(None,3e-3,2e-3), bs=64, mix=None,
                  ls=0.1, wd=None, pct_start=0.25, lr_find_it=30, tta_n=4),
     'full': dict(data=URL_TINY, arch='large', sizes=(32,64,128), epochs=(60,140,200), lrs=(4e-3,3e-3,2e-3), bs=256,
-                 mix='cutmix', ls=0.1, wd=0.05, pct_start=0.25, lr_find_it=100, tta_n=4),
+                 mix='cutmix', ls=0.1, wd=0.05, pct_start=0.25, lr_find_it=100, tta_n=4, fast=True),
 }
 
 def get_recipe(preset:str) -> dict:
@@ -545,7 +545,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     device = torch.device(device) if device is not None else default_device()
     if device.type == 'cpu': num_workers = cpu_setup(num_workers)
     set_seed(seed, reproducible=True)
-    dls = rank0_first(tiny_dls, path, size=r['sizes'][0], bs=local_bs(r['bs']), seed=seed, num_workers=num_workers, skip_bad=skip_bad, device=device,
+    dls = rank0_first(tiny_dls, path, size=r['sizes'][0], bs=local_bs(r['bs']), seed=seed, fast=r.get('fast', False), num_workers=num_workers, skip_bad=skip_bad, device=device,
                    check_images=True)
     learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], path=out)
     if restart and not rank_distrib():
