@@ -34,7 +34,7 @@ def baseline(path, sizes, epochs, lr, bs, seed, num_workers):
     lbl = {f: names[w] for f, w in info['train'] + info['valid']}
     n_train = len(info['train'])
     def dls_at(size):
-        db = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=lbl.__getitem__,
+        db = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=lambda f: lbl[f],
                        splitter=lambda o: (list(range(n_train)), list(range(n_train, len(items)))),
                        item_tfms=Resize(64), batch_tfms=[*aug_transforms(size=size, min_scale=0.75), Normalize.from_stats(*imagenet_stats)])
         return db.dataloaders(items, bs=bs, num_workers=num_workers)
@@ -69,6 +69,7 @@ def main(argv=None):
     p.add_argument('--arch', default='tiny'); p.add_argument('--bs', type=int, default=64)
     p.add_argument('--lr', type=float, default=3e-3); p.add_argument('--seed', type=int, default=42)
     p.add_argument('--num-workers', type=int, default=None); p.add_argument('--datablock', action='store_true', help='ours on the DataBlock path instead of the fast path'); p.add_argument('--classes', type=int, default=20)
+    p.add_argument('--only', choices=['ours', 'baseline'], help='run one contender only')
     a = p.parse_args(argv)
     if not a.data: p.error('give --data or set TINY_IMAGENET to the full Tiny ImageNet')
     warnings.filterwarnings('ignore')
@@ -83,6 +84,7 @@ def main(argv=None):
                       lambda: ours(sub, sizes, epochs, a.lr, a.bs, a.seed, a.num_workers, a.arch, tmp/'ours', fast=not a.datablock)),
                      ('fastai baseline: xresnet18, aug_transforms, fit_one_cycle',
                       lambda: baseline(sub, sizes, epochs, a.lr, a.bs, a.seed, a.num_workers))]:
+        if a.only and not name.startswith('tiny_fastai' if a.only == 'ours' else 'fastai'): continue
         t0 = time.time(); r = fn(); r['wall_s'] = time.time() - t0; r['name'] = name; rows.append(r)
         print(f"{name}: top-1 {r['top1']:.3f}, {r['wall_s']:.0f} s", flush=True)
     print(f"\n`python bench/accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {os.cpu_count()} cores "

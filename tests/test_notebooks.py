@@ -23,3 +23,11 @@ def test_library_matches_notebooks(tmp_path):
         if f.name == '__init__.py': continue
         g = dst/'tiny_fastai'/f.name
         assert g.exists() and f.read_text() == g.read_text(), f"{f.name} differs from what nbdev-export writes from nbs/"
+
+def test_readme_matches_index():
+    "README.md is `nbs/index.ipynb` rendered (`python tools/make_readme.py`), not edited by hand."
+    import json
+    nb = json.loads((ROOT/'nbs'/'index.ipynb').read_text())
+    parts = [''.join(c['source']).strip() for c in nb['cells'] if c['cell_type'] == 'markdown']
+    want = '\n\n'.join(p for p in parts if p) + '\n'
+    assert (ROOT/'README.md').read_text() == want, "README.md is out of date: run `python tools/make_readme.py`"
