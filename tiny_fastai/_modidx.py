@@ -55,6 +55,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'tiny_fastai.data.open_image': ('data.html#open_image', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data.resize_dls': ('data.html#resize_dls', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data.sample_path': ('data.html#sample_path', 'tiny_fastai/data.py'),
+                                  'tiny_fastai.data.tiny_datablock': ('data.html#tiny_datablock', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data.tiny_dls': ('data.html#tiny_dls', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data.tiny_stats': ('data.html#tiny_stats', 'tiny_fastai/data.py')},
             'tiny_fastai.distrib': { 'tiny_fastai.distrib.DistribDL': ('distrib.html#distribdl', 'tiny_fastai/distrib.py'),

@@ -20,7 +20,7 @@ from .augment import default_augmenter, ImgAugTransform
 # %% auto #0
 __all__ = ['URL_TINY', 'TINY_STATS', 'LayoutError', 'ArchiveError', 'DownloadError', 'class_names', 'find_bad_images',
            'check_layout', 'make_subset', 'sample_path', 'get_tiny_imagenet', 'BatchResize', 'open_image', 'ItemResize',
-           'tiny_dls', 'resize_dls', 'tiny_stats']
+           'tiny_datablock', 'tiny_dls', 'resize_dls', 'tiny_stats']
 
 # %% ../nbs/00_data.ipynb #4781496e
 URL_TINY = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
@@ -334,6 +334,19 @@ def _augment_tfm(aug):
     return [],[ImgAugTransform(aug)]
 
 # %% ../nbs/00_data.ipynb #18d647d6
+def tiny_datablock(info, batch_resize, aug='default', item_size:int=64):
+    "The `DataBlock` of both loaders for scanned layout `info`, its items (train then val) and the batch-wise augmentation"
+    names = class_names(info['path'])
+    items = [f for f,_ in info['train'] + info['valid']]
+    labels = _Labeller({f: names[w] for f,w in info['train'] + info['valid']})
+    item_aug,batch_aug = _augment_tfm(aug)
+    dblock = DataBlock(blocks=(TransformBlock(type_tfms=open_image, batch_tfms=IntToFloatTensor),
+                               CategoryBlock(vocab=[names[w] for w in info['wnids']], sort=False)),
+                       get_y=labels, splitter=IndexSplitter(range(len(info['train']), len(items))),
+                       item_tfms=[ItemResize(item_size)] + item_aug,
+                       batch_tfms=[batch_resize, Normalize.from_stats(*TINY_STATS)])
+    return dblock,items,batch_aug
+
 def tiny_dls(path,                # Tiny ImageNet folder (official layout), e.g. `get_tiny_imagenet()` or `sample_path()`
              size=64,             # size of the batches (set by `BatchResize`; change it later with `resize_dls`)
              bs:int=128,          # batch size
@@ -357,17 +370,8 @@ def tiny_dls(path,                # Tiny ImageNet folder (official layout), e.g.
     batch_resize = BatchResize(size)
     info = _scan(path, check_images=check_images or skip_bad, skip_bad=skip_bad)
     if info['bad']: warnings.warn(f"tiny_dls: skipped {len(info['bad'])} undecodable image(s): " + ', '.join(str(f) for f in info['bad'][:5]))
-    names = class_names(info['path'])
-    items = [f for f,_ in info['train'] + info['valid']]
-    labels = _Labeller({f: names[w] for f,w in info['train'] + info['valid']})
-    n_train = len(info['train'])
     if seed is not None: set_seed(seed)
-    item_aug,batch_aug = _augment_tfm(aug)
-    dblock = DataBlock(blocks=(TransformBlock(type_tfms=open_image, batch_tfms=IntToFloatTensor),
-                               CategoryBlock(vocab=[names[w] for w in info['wnids']], sort=False)),
-                       get_y=labels, splitter=IndexSplitter(range(n_train, len(items))),
-                       item_tfms=[ItemResize(item_size)] + item_aug,
-                       batch_tfms=[batch_resize, Normalize.from_stats(*TINY_STATS)])
+    dblock,items,batch_aug = tiny_datablock(info, batch_resize, aug, item_size)
     before_batch = batch_aug + list(L(kwargs.pop('before_batch', None)))
     dls = dblock.dataloaders(items, path=info['path'], bs=bs, num_workers=num_workers, device=device, before_batch=before_batch, **kwargs)
     dls.bad_files = info['bad']

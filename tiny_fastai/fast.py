@@ -16,8 +16,8 @@ import tiny_fastai
 try: import fcntl
 except ImportError: fcntl = None   # no lock on Windows
 from .augment import default_augmenter, ImgAugTransform
-from .data import (TINY_STATS, LayoutError, BatchResize, ItemResize, open_image, class_names, _scan, _Labeller,
-                   _augment_tfm, sample_path)
+from .data import (TINY_STATS, LayoutError, BatchResize, ItemResize, open_image, _scan, tiny_datablock,
+                   sample_path)
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'fast_augment', 'default_cache_dir', 'ArrayCache', 'build_cache', 'FastDL', 'fast_dls', 'find_max_bs']
@@ -324,17 +324,8 @@ def fast_dls(path,                 # Tiny ImageNet folder (official layout)
     cls_idx = {w:i for i,w in enumerate(wnids)}
     caches = [build_cache(root, split, [f for f,_ in rows], [cls_idx[w] for _,w in rows], cache_dir, size=item_size,
                           n_workers=decode_workers, verbose=verbose) for split,rows in (('train', info['train']), ('valid', info['valid']))]
-    names = class_names(root)
-    items = [f for f,_ in info['train'] + info['valid']]
-    labels = _Labeller({f: names[w] for f,w in info['train'] + info['valid']})
-    n_train = len(info['train'])
     if seed is not None: set_seed(seed)
-    item_aug,batch_aug = _augment_tfm(aug)
-    dblock = DataBlock(blocks=(TransformBlock(type_tfms=open_image, batch_tfms=IntToFloatTensor),
-                               CategoryBlock(vocab=[names[w] for w in wnids], sort=False)),
-                       get_y=labels, splitter=IndexSplitter(range(n_train, len(items))),
-                       item_tfms=[ItemResize(item_size)] + item_aug,
-                       batch_tfms=[BatchResize(size), Normalize.from_stats(*TINY_STATS)])
+    dblock,items,batch_aug = tiny_datablock(info, BatchResize(size), aug, item_size)
     before_batch = batch_aug + list(L(kwargs.pop('before_batch', None)))
     on_gpu = device is not None and torch.device(device).type == 'cuda' or device is None and default_device().type == 'cuda'
     kwargs.setdefault('pin_memory', on_gpu)
