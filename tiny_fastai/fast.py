@@ -12,6 +12,7 @@ import imgaug, imgaug.augmenters as iaa, imgaug.parameters as iap
 from imgaug.augmenters import geometric as _geo, contrast as _con, blur as _blur
 from fastai.vision.all import *
 from fastai.callback.fp16 import AMPMode
+from fastai.data.load import _loaders   # the iterator classes that DataLoader.__iter__ uses
 import tiny_fastai
 try: import fcntl
 except ImportError: fcntl = None   # no lock on Windows
@@ -271,6 +272,17 @@ class FastDL(TfmdDL):
 
     def wif(self): cv2.setNumThreads(1)
 
+    def __iter__(self):
+        "fastai's `DataLoader.__iter__`, with the copy to the device asynchronous when batches are pinned (no stall per batch)"
+        self.randomize(); self.before_iter()
+        self._DataLoader__idxs = self.get_idxs()
+        for b in _loaders[self.fake_l.num_workers==0](self.fake_l):
+            if self.pin_memory and type(b) == list: b = tuple(b)
+            if self.device is not None: b = to_device(b, self.device, non_blocking=self.pin_memory)
+            yield self.after_batch(b)
+        self.after_iter()
+        if hasattr(self, 'it'): del(self.it)
+
     def _active(self, t): return t.split_idx is None or t.split_idx == self.before_batch.split_idx
 
     def create_batches(self, samps):
@@ -329,6 +341,7 @@ def fast_dls(path,                 # Tiny ImageNet folder (official layout)
     before_batch = batch_aug + list(L(kwargs.pop('before_batch', None)))
     on_gpu = device is not None and torch.device(device).type == 'cuda' or device is None and default_device().type == 'cuda'
     kwargs.setdefault('pin_memory', on_gpu)
+    kwargs.setdefault('dl_kwargs', [{}, dict(num_workers=0)])   # the val set is only indexed: no worker processes to start
     dls = dblock.dataloaders(items, path=root, bs=bs, num_workers=num_workers, device=device, before_batch=before_batch,
                              dl_type=FastDL, aug_impl=aug_impl, **kwargs)
     for dl,c in zip(dls.loaders, caches): dl.dataset.cache = c

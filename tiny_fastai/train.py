@@ -17,12 +17,13 @@ from .distrib import (init_distrib, distrib_training, rank0_first, on_rank0, bro
                                  local_bs, world_size)
 
 # %% auto #0
-__all__ = ['MAX_EPOCHS', 'CKPT_FORMAT', 'MIXES', 'RECIPES', 'PlanError', 'CheckpointError', 'NanLossError', 'ModelFileError',
-           'ImageFileError', 'check_plan', 'check_bs', 'top1', 'top5', 'atomic_save', 'rng_state', 'set_rng_state',
-           'reseed_augmenters', 'Checkpoint', 'history_csv', 'read_checkpoint', 'load_checkpoint', 'NaNGuard',
-           'tiny_learner', 'find_lr', 'progressive_fit', 'evaluate', 'export_learner', 'load_model_file', 'check_vocab',
-           'open_image_file', 'predict_files', 'plot_history', 'get_recipe', 'resolve_plan', 'cpu_setup',
-           'results_table', 'train_recipe']
+__all__ = ['MAX_EPOCHS', 'CKPT_FORMAT', 'MIXES', 'OPTS', 'SCHEDS', 'TTAS', 'RECIPES', 'PlanError', 'CheckpointError',
+           'NanLossError', 'ModelFileError', 'ImageFileError', 'check_plan', 'check_bs', 'top1', 'top5', 'atomic_save',
+           'rng_state', 'set_rng_state', 'reseed_augmenters', 'Checkpoint', 'history_csv', 'read_checkpoint',
+           'load_checkpoint', 'NaNGuard', 'tiny_learner', 'check_opt', 'get_opt', 'wd_splitter', 'DeviceSmoothLoss',
+           'ThrottledProgress', 'find_lr', 'cycle_slice', 'check_sched', 'progressive_fit', 'HFlip', 'check_tta',
+           'evaluate', 'export_learner', 'load_model_file', 'check_vocab', 'open_image_file', 'predict_files',
+           'plot_history', 'get_recipe', 'resolve_plan', 'cpu_setup', 'results_table', 'train_recipe']
 
 # %% ../nbs/04_train.ipynb #f85cad51
 class PlanError(ValueError):
@@ -243,16 +244,27 @@ def load_checkpoint(learn, state:dict):
 
 # %% ../nbs/04_train.ipynb #f219952c
 class NaNGuard(Callback):
-    "Cancel the fit when the training loss is not finite, then raise `NanLossError` naming the epoch"
+    "Cancel the fit when the training loss is not finite, then raise `NanLossError` naming the epoch and batch"
     order,run_valid = 100,False
+    def __init__(self, every:int=50): store_attr()
     def before_fit(self):
         self.run = not hasattr(self.learn, 'lr_finder')
         self.bad = None
+    def before_train(self): self.first,self.val = None,None
 
     def after_batch(self):
-        if not torch.isfinite(self.loss).all():
-            self.bad = (self.epoch, self.iter, self.loss.detach().float().cpu().item())
-            raise CancelFitException()
+        l = self.loss.detach().float().mean()
+        if self.first is None: self.first,self.val = torch.full((), -1, device=l.device),torch.zeros((), device=l.device)
+        new = ~torch.isfinite(l) & (self.first < 0)          # stays on the device: no host synchronisation
+        self.first,self.val = torch.where(new, self.iter, self.first),torch.where(new, l, self.val)
+        if (self.iter+1) % self.every == 0: self._check()
+
+    def after_train(self): self._check()
+
+    def _check(self):
+        if self.first is None or int(self.first) < 0: return
+        self.bad = (self.epoch, int(self.first), float(self.val))
+        raise CancelFitException()
 
     def after_fit(self):
         if self.bad is None: return
@@ -284,8 +296,9 @@ def _on_gpu(dls):
     return dev is not None and torch.device(dev).type == 'cuda'
 
 @delegates(Learner.__init__)
-def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=0.1, checkpoint='ckpt',
-                 precision:str='auto', channels_last:bool=None, max_params:int=26_000_000, path='.', **kwargs) -> Learner:
+def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=0.1, checkpoint='ckpt', opt:str='adam',
+                 wd:float=None, precision:str='auto', channels_last:bool=None, max_params:int=26_000_000, path='.',
+                 **kwargs) -> Learner:
     "A `Learner` for Tiny ImageNet `dls` with model preset `arch` (a key of `ARCHS`), checked against the rules"
     model = get_arch(arch)(n_out=len(dls.vocab))
     rules = check_rules(model, max_params=max_params, size=64, name=f'arch {arch!r}')
@@ -294,14 +307,58 @@ def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=
     if mcb is not None: cbs.append(mcb)
     if checkpoint: cbs.append(Checkpoint(checkpoint))
     cbs.append(NaNGuard())
+    if opt != 'adam':   # PyTorch's optimizers: no weight decay on norms and biases, through parameter groups
+        kwargs.setdefault('splitter', wd_splitter)
+        wd = [ifnone(wd, 0.01 if opt == 'adamw' else 5e-4), 0.]
     learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(eps=ls) if ls else CrossEntropyLossFlat(),
-                    metrics=[top1, top5], cbs=cbs, path=path, **kwargs)
-    learn.arch,learn.rules = arch,rules
+                    opt_func=get_opt(opt, getattr(dls, 'device', None)), wd=wd, metrics=[top1, top5], cbs=cbs, path=path,
+                    **kwargs)
+    learn.arch,learn.rules,learn.opt_name = arch,rules,opt
+    learn.recorder.smooth_loss = DeviceSmoothLoss(learn.recorder.smooth_loss.beta)
+    learn.remove_cbs([c for c in learn.cbs if type(c) is ProgressCallback]).add_cb(ThrottledProgress())
     if _on_gpu(dls):
+        model.to(dls.device)   # where the fused optimizer expects the parameters
         if precision == 'auto': precision = 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
         if precision in ('bf16', 'fp16'): learn.add_cb(MixedPrecision(amp_mode=precision))
         if channels_last or channels_last is None: learn.add_cb(ChannelsLast())
     return learn
+
+# %% ../nbs/04_train.ipynb #0241bfb4
+OPTS = ('adam', 'adamw', 'sgd')
+
+def check_opt(opt:str) -> str:
+    "`opt` if it names an optimizer of `OPTS`"
+    if opt not in OPTS: raise PlanError(f"unknown optimizer {opt!r}; use one of: {', '.join(OPTS)}")
+    return opt
+
+def get_opt(opt:str='adam', device=None):
+    "An `opt_func` for `Learner`: fastai's `Adam`, or PyTorch's fused (GPU) / foreach (CPU) `AdamW` or Nesterov `SGD`"
+    if check_opt(opt) == 'adam': return Adam
+    impl = dict(fused=True) if device is not None and torch.device(device).type == 'cuda' else dict(foreach=True)
+    cls = partial(torch.optim.AdamW, **impl) if opt == 'adamw' else partial(torch.optim.SGD, momentum=0.9, nesterov=True, **impl)
+    return partial(OptimWrapper, opt=cls)
+
+def wd_splitter(model):
+    "Two parameter groups: weights that get weight decay, and batch-norm weights and biases that do not"
+    nb = {id(p) for p in norm_bias_params(model)}
+    return [[p for p in model.parameters() if id(p) not in nb], [p for p in model.parameters() if id(p) in nb]]
+
+# %% ../nbs/04_train.ipynb #90aa90d3
+class DeviceSmoothLoss(AvgSmoothLoss):
+    "fastai's exponentially smoothed training loss, kept on the device of the loss (no host synchronisation per batch)"
+    def accumulate(self, learn):
+        self.count += 1
+        l = learn.loss.mean().detach().float()
+        self.val = torch.lerp(l, self.val.to(l.device), self.beta)
+
+class ThrottledProgress(ProgressCallback):
+    "fastai's progress bars, with the smoothed loss shown at most every `every_s` seconds (reading it waits for the GPU)"
+    name = 'progress'   # the attribute `Learner.no_bar` looks for
+    def __init__(self, every_s:float=0.5): self.every_s,self.shown = every_s,0.
+    def after_batch(self):
+        self.pbar.update(self.iter+1)
+        if hasattr(self, 'smooth_loss') and time.monotonic() - self.shown >= self.every_s:
+            self.shown = time.monotonic(); self.pbar.comment = f'{float(self.smooth_loss):.4f}'
 
 # %% ../nbs/04_train.ipynb #91ff005d
 def find_lr(learn, fname=None, num_it:int=100, **kwargs) -> float:
@@ -323,12 +380,28 @@ def find_lr(learn, fname=None, num_it:int=100, **kwargs) -> float:
 def _mismatch(meta, want):
     return [f"{k}: checkpoint has {meta.get(k)!r}, this run has {v!r}" for k,v in want.items() if meta.get(k) != v]
 
-def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_kw:dict=None, **kwargs):
+def cycle_slice(lr_max, start:float, stop:float, pct_start:float=0.25, div:float=25., div_final:float=1e5,
+                moms=(0.95,0.85,0.95)) -> dict:
+    "The schedules of `fit_one_cycle(lr_max, ...)` for the part `start..stop` (fractions of all training) of one cycle"
+    part = lambda f: (lambda p: f(start + p*(stop-start)))
+    return {'lr': part(combined_cos(pct_start, lr_max/div, lr_max, lr_max/div_final)), 'mom': part(combined_cos(pct_start, *moms))}
+
+SCHEDS = ('stages', 'one')
+
+def check_sched(sched:str) -> str:
+    "`sched` if it is one of `SCHEDS`"
+    if sched not in SCHEDS: raise PlanError(f"unknown schedule {sched!r}; use one of: {', '.join(SCHEDS)}")
+    return sched
+
+def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_kw:dict=None, sched:str='stages',
+                    pct_start:float=0.25, **kwargs):
     "Fit `learn` stage by stage: `stages` is a list of `(size, epochs, lr)`, `lr=None` runs `lr_find`; resumes from a checkpoint"
     plan = check_plan(stages)
+    check_sched(sched)
     ck = getattr(learn, 'checkpoint', None)
     if ck is None: raise PlanError("progressive_fit needs the Checkpoint callback (tiny_learner adds it unless checkpoint=None)")
     want = dict(plan=[[s,n] for s,n,_ in plan], arch=getattr(learn, 'arch', None), **(config or {}))
+    if sched != 'stages': want['sched'] = sched
     lrs,start,done,rng,runs,ended = [lr for *_,lr in plan],0,0,None,1,False
     if not rank_distrib(): _clean_tmp(ck.file)
     state = on_rank0(lambda: read_checkpoint(ck.file) if resume and ck.file.exists() else None)
@@ -356,16 +429,37 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
             _say(f"stage {i+1} ({size}px): lr_find suggests {lrs[i]:.2e}")
             ck.stage['lr'] = lrs[i]
             ck.save(lrs=lrs, stage=i, stage_epochs=0)
+        if sched == 'one' and i > 0: lrs[i] = ck.stage['lr'] = lrs[0]   # one cycle: the first stage's peak for all
         ck.meta.update(lrs=lrs, stage=i)
-        try: learn.fit_one_cycle(n, lrs[i], start_epoch=done, **kwargs)
+        try:
+            if sched == 'stages': learn.fit_one_cycle(n, lrs[i], start_epoch=done, pct_start=pct_start, **kwargs)
+            else:
+                total,before = sum(m for _,m,_ in plan),sum(m for _,m,_ in plan[:i])
+                cb = ParamScheduler(cycle_slice(lrs[0], before/total, (before+n)/total, pct_start=pct_start, **kwargs))
+                learn.fit(n, start_epoch=done, cbs=cb)
         except NanLossError as e:
             e.args = (getattr(e, 'msg', e.args[0]),); raise
         done = 0
     return learn
 
 # %% ../nbs/04_train.ipynb #5165b293
-def evaluate(learn, size=None, tta:bool=True, n:int=4, dl=None) -> dict:
-    "Top-1 and top-5 accuracy on the validation set, plain and with test-time augmentation"
+class HFlip(Callback):
+    "Mirror every input batch left-right (for flip test-time augmentation)"
+    order = 90
+    def before_batch(self): self.learn.xb = tuple(x.flip(-1) for x in self.xb)
+
+TTAS = ('flip', 'aug')
+
+def check_tta(tta):
+    "`tta` as one of `TTAS` (`True` is fastai's 'aug') or `None`"
+    if tta is None or tta is False: return None
+    tta = 'aug' if tta is True else tta
+    if tta not in TTAS: raise PlanError(f"unknown tta {tta!r}; use one of: none, {', '.join(TTAS)}")
+    return tta
+
+def evaluate(learn, size=None, tta='aug', n:int=4, dl=None) -> dict:
+    "Top-1 and top-5 accuracy on the validation set, plain and with test-time augmentation `tta` ('flip', 'aug' or None)"
+    tta = check_tta(tta)
     if dl is None:
         dls = learn.dls if size is None else resize_dls(learn.dls, size)
         dl = dls.valid
@@ -373,9 +467,9 @@ def evaluate(learn, size=None, tta:bool=True, n:int=4, dl=None) -> dict:
         warnings.simplefilter('ignore')
         preds,targs = get_preds_all(learn, dl)
         res = dict(top1=top1(preds, targs).item(), top5=top5(preds, targs).item(), n_valid=len(targs))
-        if tta:
-            tp,tt = get_preds_all(learn, dl, tta=True, n=n)
-            res.update(top1_tta=top1(tp, tt).item(), top5_tta=top5(tp, tt).item())
+        if tta == 'flip': tp,tt = (preds + get_preds_all(learn, dl, cbs=[HFlip()])[0])/2,targs
+        elif tta == 'aug': tp,tt = get_preds_all(learn, dl, tta=True, n=n)
+        if tta: res.update(top1_tta=top1(tp, tt).item(), top5_tta=top5(tp, tt).item())
     return res
 
 # %% ../nbs/04_train.ipynb #3990c576
@@ -465,11 +559,16 @@ def plot_history(history, fname=None):
     return fig
 
 # %% ../nbs/04_train.ipynb #471d995f
+_DEFAULTS = dict(data=URL_TINY, mix=None, ls=0.1, wd=None, opt='adam', sched='stages', pct_start=0.25, lr_find_it=100,
+                 tta='aug', tta_n=4, aug=1.0, fast=True)
+
 RECIPES = {
-    'demo': dict(data=None, arch='tiny', sizes=(16,32,64), epochs=(2,2,4), lrs=(None,3e-3,2e-3), bs=64, mix=None,
-                 ls=0.1, wd=None, pct_start=0.25, lr_find_it=30, tta_n=4),
-    'full': dict(data=URL_TINY, arch='large', sizes=(32,64,128), epochs=(60,140,200), lrs=(4e-3,3e-3,2e-3), bs=256,
-                 mix='cutmix', ls=0.1, wd=0.05, pct_start=0.25, lr_find_it=100, tta_n=4, fast=True),
+    'demo':   dict(_DEFAULTS, data=None, arch='tiny', sizes=(16,32,64), epochs=(2,2,4), lrs=(None,3e-3,2e-3), bs=64,
+                   lr_find_it=30, fast=False),
+    'sprint': dict(_DEFAULTS, arch='dense', sizes=(32,48,64), epochs=(10,14,16), lrs=(0.4,0.4,0.4), bs=512, opt='sgd',
+                   wd=5e-4, sched='one', pct_start=0.15, tta='flip'),
+    'full':   dict(_DEFAULTS, arch='large', sizes=(32,64,128), epochs=(60,140,200), lrs=(4e-3,3e-3,2e-3), bs=256,
+                   mix='cutmix', wd=0.05),
 }
 
 def get_recipe(preset:str) -> dict:
@@ -507,9 +606,10 @@ def resolve_plan(preset='demo', arch=None, epochs=None, sizes=None, lrs=None, bs
         if n != len(r['epochs']): raise PlanError(f"{n} stage sizes given; give the epochs per stage too")
         epochs = list(r['epochs'])
     lrs = _per_stage(lrs, n, 'lr') if lrs is not None else (list(r['lrs']) if n == len(r['lrs']) else [None]*n)
-    r.update(sizes=sizes, epochs=epochs, lrs=lrs, bs=check_bs(bs if bs is not None else r['bs']), preset=preset, **overrides)
+    r.update({k:v for k,v in overrides.items() if v is not None})
+    r.update(sizes=sizes, epochs=epochs, lrs=lrs, bs=check_bs(bs if bs is not None else r['bs']), preset=preset)
     r['stages'] = check_plan(list(zip(sizes, epochs, lrs)))
-    _mix_cb(r['mix'])
+    _mix_cb(r['mix']); check_opt(r['opt']); check_sched(r['sched']); r['tta'] = check_tta(r['tta'])
     return r
 
 # %% ../nbs/04_train.ipynb #dbdec0e2
@@ -532,10 +632,12 @@ def results_table(res) -> str:
         f"{len(res['classes'])} classes; {res['wall_s']:.0f} s on {res['device']}"])
 
 def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None, sizes=None, lrs=None, bs=None,
-                 seed:int=42, restart:bool=False, num_workers:int=None, skip_bad:bool=False, device=None, tta:bool=True) -> dict:
+                 seed:int=42, restart:bool=False, num_workers:int=None, skip_bad:bool=False, device=None, tta=True,
+                 deterministic:bool=False, cbs=None, dls_kwargs:dict=None, **overrides) -> dict:
     "Run (or resume) the training recipe `preset` with overrides; write results.json, model.pkl and plots to `out`"
     t0 = time.time()
-    r = resolve_plan(preset, arch=arch, epochs=epochs, sizes=sizes, lrs=lrs, bs=bs)
+    r = resolve_plan(preset, arch=arch, epochs=epochs, sizes=sizes, lrs=lrs, bs=bs, **overrides)
+    tta = r['tta'] if tta is True else check_tta(tta)    # True: the preset's kind of TTA
     if not _is_int(seed): raise PlanError(f"the seed must be an integer, got {seed!r}")
     out = Path(out if out is not None else Path('runs')/preset)
     if out.exists() and not out.is_dir(): raise PlanError(f"--out {out} exists and is not a folder")
@@ -544,26 +646,28 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     path = sample_path() if src is None else rank0_first(get_tiny_imagenet, src)
     device = torch.device(device) if device is not None else default_device()
     if device.type == 'cpu': num_workers = cpu_setup(num_workers)
-    set_seed(seed, reproducible=True)
-    dls = rank0_first(tiny_dls, path, size=r['sizes'][0], bs=local_bs(r['bs']), seed=seed, fast=r.get('fast', False), num_workers=num_workers, skip_bad=skip_bad, device=device,
-                   check_images=True)
-    learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], path=out)
+    set_seed(seed, reproducible=deterministic or device.type == 'cpu')   # on a GPU, cuDNN's autotuner unless asked
+    if device.type == 'cuda' and not deterministic: torch.backends.cudnn.benchmark = True
+    dls = rank0_first(tiny_dls, path, size=r['sizes'][0], bs=local_bs(r['bs']), seed=seed, fast=r['fast'], num_workers=num_workers,
+                      skip_bad=skip_bad, device=device, check_images=True, aug=r['aug'], **(dls_kwargs or {}))
+    learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], opt=r['opt'], path=out, cbs=cbs)
     if restart and not rank_distrib():
         learn.checkpoint.file.unlink(missing_ok=True); (out/'history.csv').unlink(missing_ok=True)
-    config = dict(bs=r['bs'], mix=r['mix'], ls=r['ls'], seed=seed)
+    config = dict(bs=r['bs'], mix=r['mix'], ls=r['ls'], seed=seed, **({'opt': r['opt']} if r['opt'] != 'adam' else {}))
     _say(f"{preset}: {r['arch']} ({learn.rules['params']:,} params), {len(dls.vocab)} classes, {len(dls.train_ds):,} train / "
          f"{len(dls.valid_ds):,} val images from {path}, on {_device_name(dls)}")
     with distrib_training(learn):
-        progressive_fit(learn, r['stages'], config=config, pct_start=r['pct_start'], lr_find_kw=dict(num_it=r['lr_find_it']))
+        progressive_fit(learn, r['stages'], config=config, pct_start=r['pct_start'], sched=r['sched'],
+                        lr_find_kw=dict(num_it=r['lr_find_it']))
     ck = learn.checkpoint
-    _say("evaluating on the val set" + (f" (with {r['tta_n']}-pass TTA)" if tta else ""))
+    _say("evaluating on the val set" + (f" (with {tta} TTA)" if tta else ""))
     ev = evaluate(learn, size=r['sizes'][-1], tta=tta, n=r['tta_n'])
     res = dict(top1=ev['top1'], top5=ev['top5'], top1_tta=ev.get('top1_tta'), top5_tta=ev.get('top5_tta'),
                params=learn.rules['params'], stages=[dict(size=s, epochs=n, lr=lr) for s,n,lr in zip(r['sizes'], r['epochs'], ck.meta['lrs'])],
                epochs=sum(r['epochs']), wall_s=round(time.time()-t0, 1), train_s=round(sum(h['time_s'] for h in ck.history), 1),
                device=_device_name(dls), history=ck.history, preset=preset, arch=r['arch'], bs=r['bs'], mix=r['mix'], ls=r['ls'],
                wd=r['wd'], seed=seed, runs=ck.meta.get('runs', 1), data=str(path), classes=list(dls.vocab),
-               world_size=world_size(), bs_per_process=local_bs(r['bs']), n_train=len(dls.train_ds), n_valid=ev['n_valid'], tta_n=r['tta_n'] if tta else 0)
+               world_size=world_size(), bs_per_process=local_bs(r['bs']), n_train=len(dls.train_ds), n_valid=ev['n_valid'], tta=tta, tta_n=r['tta_n'] if tta == 'aug' else 0, opt=r['opt'], sched=r['sched'])
     if not rank_distrib():
         export_learner(learn, out/'model.pkl')
         plot_history(ck.history, out/'history.png')
