@@ -33,10 +33,10 @@ def get_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='cmd', metavar='COMMAND')
     t = sub.add_parser('train', help="train (or resume) a recipe; with no option: the demo on the bundled sample, on CPU",
                        description="Train the recipe PRESET. Run the same command again to resume an interrupted run.")
-    t.add_argument('--preset', default='demo', help="demo (bundled sample, CPU, minutes) or full (Tiny ImageNet, GPU, hours); default demo")
+    t.add_argument('--preset', default='demo', help="demo (bundled sample, CPU, minutes), sprint (Tiny ImageNet, GPU, 5 minutes) or full (GPU, about an hour); default demo")
     t.add_argument('--out', help="output folder (default: runs/<preset>)")
     t.add_argument('--data', help="Tiny ImageNet folder, .zip/.tar.gz archive or URL (default: the sample for demo, the official URL for full)")
-    t.add_argument('--arch', help="model preset: tiny, small, medium or large (default: the preset's)")
+    t.add_argument('--arch', help="model preset: tiny, small, medium, large, dense or dense_wide (default: the preset's)")
     t.add_argument('--epochs', help="epochs per stage, comma-separated, e.g. 2,2,4 (at most 500 in all)")
     t.add_argument('--sizes', help="image size per stage in px, comma-separated, e.g. 16,32,64")
     t.add_argument('--bs', help="batch size")
@@ -47,6 +47,11 @@ def get_parser() -> argparse.ArgumentParser:
     t.add_argument('--skip-bad', action='store_true', help="leave out images that cannot be decoded instead of refusing to start")
     t.add_argument('--cpu', action='store_true', help="train on the CPU even if a GPU is available")
     t.add_argument('--no-tta', action='store_true', help="skip the test-time-augmentation evaluation")
+    t.add_argument('--tta', choices=['flip', 'aug'], help="test-time augmentation: flip (mirror images) or aug (fastai's tta with the training augmentation); default: the preset's")
+    t.add_argument('--deterministic', action='store_true', help="bit-for-bit reproducible on a GPU (cuDNN deterministic, no autotuner; slower)")
+    c = t.add_mutually_exclusive_group()
+    c.add_argument('--compile', dest='compile', action='store_true', default=None, help="torch.compile the model (GPU; default: the preset's)")
+    c.add_argument('--no-compile', dest='compile', action='store_false', help="do not compile the model")
     e = sub.add_parser('evaluate', help="top-1/top-5 of an exported model on a Tiny ImageNet val set")
     e.add_argument('model', help="a model.pkl written by tiny-fastai train")
     e.add_argument('--data', required=True, help="Tiny ImageNet folder, archive or URL whose classes are the model's")
@@ -77,7 +82,8 @@ def _train(a):
     res = train_recipe(a.preset, out=a.out, data=a.data, arch=a.arch, epochs=_ints(a.epochs, 'epochs') if a.epochs else None,
                        sizes=_ints(a.sizes, 'sizes') if a.sizes else None, lrs=_lrs(a.lr) if a.lr else None, bs=bs,
                        seed=_int(a.seed, 'seed'), restart=a.restart, num_workers=_int(a.workers, 'workers', 0),
-                       skip_bad=a.skip_bad, device=torch.device('cpu') if a.cpu else None, tta=not a.no_tta)
+                       skip_bad=a.skip_bad, device=torch.device('cpu') if a.cpu else None,
+                       tta=False if a.no_tta else (a.tta or True), deterministic=a.deterministic, compile=a.compile)
     from fastai.torch_core import rank_distrib
     if not rank_distrib():
         out = Path(a.out if a.out else Path('runs')/a.preset)

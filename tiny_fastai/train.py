@@ -10,6 +10,7 @@ from fastai.vision.all import *
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from fastai.learner import SkipToEpoch
+from torch.distributions.beta import Beta
 from PIL import Image, UnidentifiedImageError
 from .data import tiny_dls, resize_dls, sample_path, get_tiny_imagenet, BatchResize, URL_TINY
 from .models import get_arch, check_rules, ARCHS
@@ -17,13 +18,14 @@ from .distrib import (init_distrib, distrib_training, rank0_first, on_rank0, bro
                                  local_bs, world_size)
 
 # %% auto #0
-__all__ = ['MAX_EPOCHS', 'CKPT_FORMAT', 'MIXES', 'OPTS', 'SCHEDS', 'TTAS', 'RECIPES', 'PlanError', 'CheckpointError',
+__all__ = ['MAX_EPOCHS', 'CKPT_FORMAT', 'OPTS', 'MIXES', 'SCHEDS', 'TTAS', 'RECIPES', 'PlanError', 'CheckpointError',
            'NanLossError', 'ModelFileError', 'ImageFileError', 'check_plan', 'check_bs', 'top1', 'top5', 'atomic_save',
            'rng_state', 'set_rng_state', 'reseed_augmenters', 'Checkpoint', 'history_csv', 'read_checkpoint',
-           'load_checkpoint', 'NaNGuard', 'tiny_learner', 'check_opt', 'get_opt', 'wd_splitter', 'DeviceSmoothLoss',
-           'ThrottledProgress', 'find_lr', 'cycle_slice', 'check_sched', 'progressive_fit', 'HFlip', 'check_tta',
-           'evaluate', 'export_learner', 'load_model_file', 'check_vocab', 'open_image_file', 'predict_files',
-           'plot_history', 'get_recipe', 'resolve_plan', 'cpu_setup', 'results_table', 'train_recipe']
+           'load_checkpoint', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress', 'MixCut', 'EMA', 'apply_ema',
+           'check_opt', 'get_opt', 'wd_splitter', 'compile_model', 'tiny_learner', 'find_lr', 'cycle_slice',
+           'check_sched', 'progressive_fit', 'HFlip', 'check_tta', 'evaluate', 'export_learner', 'load_model_file',
+           'check_vocab', 'open_image_file', 'predict_files', 'plot_history', 'get_recipe', 'resolve_plan', 'cpu_setup',
+           'results_table', 'train_recipe']
 
 # %% ../nbs/04_train.ipynb #f85cad51
 class PlanError(ValueError):
@@ -199,7 +201,8 @@ class Checkpoint(Callback):
         return dict(format=CKPT_FORMAT, model=get_model(self.learn.model).state_dict(),
                     opt=opt.state_dict() if opt is not None else None, rng=rng_state(self.learn.dls.train),
                     history=list(self.history), meta=dict(self.meta), vocab=list(self.learn.dls.vocab),
-                    smooth=(sl.count, sl.val.detach().cpu().clone()))
+                    smooth=(sl.count, sl.val.detach().cpu().clone()),
+                    ema=self.learn.ema.state() if hasattr(self.learn, 'ema') else None)
 
     def save(self, **meta):
         "Update `meta` and write the checkpoint and `history.csv` (atomically, rank 0 only)"
@@ -238,6 +241,7 @@ def load_checkpoint(learn, state:dict):
         if learn.opt is None: learn.create_opt()
         learn.opt.load_state_dict(state['opt'])
         _opt_to(learn.opt, one_param(learn.model).device)
+    if hasattr(learn, 'ema'): learn.ema.load_state(state.get('ema'))
     ck = getattr(learn, 'checkpoint', None)
     if ck is not None: ck.history,ck.meta,ck._smooth = list(state['history']),dict(state['meta']),state.get('smooth')
     return state['meta']
@@ -282,45 +286,87 @@ class NaNGuard(Callback):
         err = NanLossError(msg); err.msg = msg   # fastai prefixes errors raised in callbacks; `progressive_fit` removes it
         raise err
 
-# %% ../nbs/04_train.ipynb #915ceb2c
-MIXES = {'mixup': MixUp, 'cutmix': CutMix}
+# %% ../nbs/04_train.ipynb #90aa90d3
+class DeviceSmoothLoss(AvgSmoothLoss):
+    "fastai's exponentially smoothed training loss, kept on the device of the loss (no host synchronisation per batch)"
+    def accumulate(self, learn):
+        self.count += 1
+        l = learn.loss.mean().detach().float()
+        self.val = torch.lerp(l, self.val.to(l.device), self.beta)
 
-def _mix_cb(mix, alpha=None):
-    if mix is None or mix is False or mix == 'none': return None
-    if isinstance(mix, Callback): return mix
-    if mix not in MIXES: raise PlanError(f"unknown mix {mix!r}; use one of: none, {', '.join(MIXES)}")
-    return MIXES[mix]() if alpha is None else MIXES[mix](alpha)
+class ThrottledProgress(ProgressCallback):
+    "fastai's progress bars, with the smoothed loss shown at most every `every_s` seconds (reading it waits for the GPU)"
+    name = 'progress'   # the attribute `Learner.no_bar` looks for
+    def __init__(self, every_s:float=0.5): self.every_s,self.shown = every_s,0.
+    def after_batch(self):
+        self.pbar.update(self.iter+1)
+        if hasattr(self, 'smooth_loss') and time.monotonic() - self.shown >= self.every_s:
+            self.shown = time.monotonic(); self.pbar.comment = f'{float(self.smooth_loss):.4f}'
 
-def _on_gpu(dls):
-    dev = getattr(dls, 'device', None)
-    return dev is not None and torch.device(dev).type == 'cuda'
+# %% ../nbs/04_train.ipynb #cf3d6bf4
+def _progress(learn) -> float:
+    "How far training has come, 0..1: over the whole `progressive_fit` plan when there is one, else over this fit"
+    ck = getattr(learn, 'checkpoint', None)
+    total = sum(n for _,n in ck.meta.get('plan', [])) if ck is not None else 0
+    if not total: return learn.pct_train
+    return (len(ck.history) + learn.iter/max(1, learn.n_iter))/total
 
-@delegates(Learner.__init__)
-def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=0.1, checkpoint='ckpt', opt:str='adam',
-                 wd:float=None, precision:str='auto', channels_last:bool=None, max_params:int=26_000_000, path='.',
-                 **kwargs) -> Learner:
-    "A `Learner` for Tiny ImageNet `dls` with model preset `arch` (a key of `ARCHS`), checked against the rules"
-    model = get_arch(arch)(n_out=len(dls.vocab))
-    rules = check_rules(model, max_params=max_params, size=64, name=f'arch {arch!r}')
-    cbs = L(kwargs.pop('cbs', None))
-    mcb = _mix_cb(mix, mix_alpha)
-    if mcb is not None: cbs.append(mcb)
-    if checkpoint: cbs.append(Checkpoint(checkpoint))
-    cbs.append(NaNGuard())
-    if opt != 'adam':   # PyTorch's optimizers: no weight decay on norms and biases, through parameter groups
-        kwargs.setdefault('splitter', wd_splitter)
-        wd = [ifnone(wd, 0.01 if opt == 'adamw' else 5e-4), 0.]
-    learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(eps=ls) if ls else CrossEntropyLossFlat(),
-                    opt_func=get_opt(opt, getattr(dls, 'device', None)), wd=wd, metrics=[top1, top5], cbs=cbs, path=path,
-                    **kwargs)
-    learn.arch,learn.rules,learn.opt_name = arch,rules,opt
-    learn.recorder.smooth_loss = DeviceSmoothLoss(learn.recorder.smooth_loss.beta)
-    learn.remove_cbs([c for c in learn.cbs if type(c) is ProgressCallback]).add_cb(ThrottledProgress())
-    if _on_gpu(dls):
-        model.to(dls.device)   # where the fused optimizer expects the parameters
-        if precision == 'auto': precision = 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
-        if precision in ('bf16', 'fp16'): learn.add_cb(MixedPrecision(amp_mode=precision))
-        if channels_last or channels_last is None: learn.add_cb(ChannelsLast())
+class MixCut(MixUp):
+    "fastai's `MixUp` (`mix_alpha`) or `CutMix` (`cut_alpha`, probability `p_cut`) on each batch, off for the last `off` of training"
+    def __init__(self, mix_alpha:float=0.8, cut_alpha:float=1., p_cut:float=0.5, off:float=0.05):
+        super().__init__(mix_alpha)
+        store_attr('p_cut,off'); self.cut = Beta(tensor(float(cut_alpha)), tensor(float(cut_alpha)))
+
+    def before_batch(self):
+        if _progress(self.learn) >= 1 - self.off: self.lam,self.yb1 = tensor(1.),self.yb; return
+        if random.random() >= self.p_cut: return super().before_batch()
+        bs,_,H,W = self.x.shape
+        lam = float(self.cut.sample())
+        ch,cw = round(H*math.sqrt(1-lam)),round(W*math.sqrt(1-lam))
+        cy,cx = random.randrange(H),random.randrange(W)
+        y1,y2,x1,x2 = max(cy-ch//2, 0),min(cy+ch//2, H),max(cx-cw//2, 0),min(cx+cw//2, W)
+        shuffle = torch.randperm(bs, device=self.x.device)
+        self.yb1 = (self.y[shuffle],)
+        self.learn.xb[0][..., y1:y2, x1:x2] = self.x[shuffle][..., y1:y2, x1:x2]
+        self.lam = tensor(1 - (x2-x1)*(y2-y1)/(W*H), device=self.x.device)
+        if not self.stack_y: self.learn.yb = (torch.lerp(self.yb1[0], self.y, self.lam),)
+
+# %% ../nbs/04_train.ipynb #1b9fe507
+class EMA(Callback):
+    "Exponential moving average of the weights, with `decay` per step; validation uses it"
+    order = 60
+    def __init__(self, decay:float=0.9998): store_attr(); self.avg,self.n = None,0
+
+    def _live(self):
+        m = get_model(self.learn.model)
+        return [p.data for p in m.parameters()] + [b for b in m.buffers() if b.is_floating_point()]
+
+    def before_fit(self):
+        self.run = not hasattr(self.learn, 'lr_finder')
+        if self.avg is None: self.avg = [t.detach().clone() for t in self._live()]
+        else: self.avg = [a.to(t.device) for a,t in zip(self.avg, self._live())]
+
+    def after_step(self):
+        self.n += 1
+        d = min(self.decay, (1+self.n)/(10+self.n))
+        torch._foreach_lerp_(self.avg, self._live(), 1-d)
+
+    def _swap(self):
+        for a,t in zip(self.avg, self._live()):
+            tmp = t.clone(); t.copy_(a); a.copy_(tmp)
+    def before_validate(self): self._swap()
+    def after_validate(self): self._swap()
+
+    def state(self): return dict(n=self.n, avg=[a.cpu() for a in self.avg]) if self.avg is not None else None
+    def load_state(self, st): self.n,self.avg = (0,None) if st is None else (st['n'],[a.clone() for a in st['avg']])
+
+def apply_ema(learn):
+    "Put the averaged weights of `learn`'s `EMA` callback into the model and remove the callback (no-op without one)"
+    ema = getattr(learn, 'ema', None)
+    if ema is None or ema.avg is None: return learn
+    with torch.no_grad():
+        for a,t in zip(ema.avg, ema._live()): t.copy_(a)
+    learn.remove_cb(ema)
     return learn
 
 # %% ../nbs/04_train.ipynb #0241bfb4
@@ -343,22 +389,58 @@ def wd_splitter(model):
     nb = {id(p) for p in norm_bias_params(model)}
     return [[p for p in model.parameters() if id(p) not in nb], [p for p in model.parameters() if id(p) in nb]]
 
-# %% ../nbs/04_train.ipynb #90aa90d3
-class DeviceSmoothLoss(AvgSmoothLoss):
-    "fastai's exponentially smoothed training loss, kept on the device of the loss (no host synchronisation per batch)"
-    def accumulate(self, learn):
-        self.count += 1
-        l = learn.loss.mean().detach().float()
-        self.val = torch.lerp(l, self.val.to(l.device), self.beta)
+# %% ../nbs/04_train.ipynb #32deb4a3
+def compile_model(model, recompile_limit:int=64):
+    "Compile `model`'s forward in place with `torch.compile` (static shapes, one graph per size and mode)"
+    import torch._dynamo
+    cfg = torch._dynamo.config
+    for k in ('recompile_limit', 'cache_size_limit'):
+        if hasattr(cfg, k): setattr(cfg, k, max(getattr(cfg, k), recompile_limit))
+    model.compile(dynamic=False)
+    return model
 
-class ThrottledProgress(ProgressCallback):
-    "fastai's progress bars, with the smoothed loss shown at most every `every_s` seconds (reading it waits for the GPU)"
-    name = 'progress'   # the attribute `Learner.no_bar` looks for
-    def __init__(self, every_s:float=0.5): self.every_s,self.shown = every_s,0.
-    def after_batch(self):
-        self.pbar.update(self.iter+1)
-        if hasattr(self, 'smooth_loss') and time.monotonic() - self.shown >= self.every_s:
-            self.shown = time.monotonic(); self.pbar.comment = f'{float(self.smooth_loss):.4f}'
+# %% ../nbs/04_train.ipynb #915ceb2c
+MIXES = {'mixup': MixUp, 'cutmix': CutMix, 'mixcut': MixCut}
+
+def _mix_cb(mix, alpha=None):
+    if mix is None or mix is False or mix == 'none': return None
+    if isinstance(mix, Callback): return mix
+    if mix not in MIXES: raise PlanError(f"unknown mix {mix!r}; use one of: none, {', '.join(MIXES)}")
+    return MIXES[mix]() if alpha is None else MIXES[mix](alpha)
+
+def _on_gpu(dls):
+    dev = getattr(dls, 'device', None)
+    return dev is not None and torch.device(dev).type == 'cuda'
+
+@delegates(Learner.__init__)
+def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=0.1, checkpoint='ckpt', opt:str='adam',
+                 wd:float=None, ema:float=None, compile:bool=False, precision:str='auto', channels_last:bool=None,
+                 max_params:int=26_000_000, path='.', **kwargs) -> Learner:
+    "A `Learner` for Tiny ImageNet `dls` with model preset `arch` (a key of `ARCHS`), checked against the rules"
+    model = get_arch(arch)(n_out=len(dls.vocab))
+    rules = check_rules(model, max_params=max_params, size=64, name=f'arch {arch!r}')
+    cbs = L(kwargs.pop('cbs', None))
+    mcb = _mix_cb(mix, mix_alpha)
+    if mcb is not None: cbs.append(mcb)
+    if checkpoint: cbs.append(Checkpoint(checkpoint))
+    cbs.append(NaNGuard())
+    if ema: cbs.append(EMA(ema))
+    if opt != 'adam':   # PyTorch's optimizers: no weight decay on norms and biases, through parameter groups
+        kwargs.setdefault('splitter', wd_splitter)
+        wd = [ifnone(wd, 0.01 if opt == 'adamw' else 5e-4), 0.]
+    learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(eps=ls) if ls else CrossEntropyLossFlat(),
+                    opt_func=get_opt(opt, getattr(dls, 'device', None)), wd=wd, metrics=[top1, top5], cbs=cbs, path=path,
+                    **kwargs)
+    learn.arch,learn.rules,learn.opt_name = arch,rules,opt
+    learn.recorder.smooth_loss = DeviceSmoothLoss(learn.recorder.smooth_loss.beta)
+    learn.remove_cbs([c for c in learn.cbs if type(c) is ProgressCallback]).add_cb(ThrottledProgress())
+    if _on_gpu(dls):
+        model.to(dls.device)   # where the fused optimizer expects the parameters
+        if precision == 'auto': precision = 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+        if precision in ('bf16', 'fp16'): learn.add_cb(MixedPrecision(amp_mode=precision))
+        if channels_last or channels_last is None: learn.add_cb(ChannelsLast())
+    if compile: compile_model(model)
+    return learn
 
 # %% ../nbs/04_train.ipynb #91ff005d
 def find_lr(learn, fname=None, num_it:int=100, **kwargs) -> float:
@@ -473,15 +555,18 @@ def evaluate(learn, size=None, tta='aug', n:int=4, dl=None) -> dict:
     return res
 
 # %% ../nbs/04_train.ipynb #3990c576
-_TRAIN_ONLY = (Checkpoint, NaNGuard, MixHandler)
+_TRAIN_ONLY = (Checkpoint, NaNGuard, MixHandler, EMA)
 
 def export_learner(learn, fname):
     "Export `learn` for inference to `fname` (atomically; rank 0 only), without its training-only callbacks"
     if rank_distrib(): return
     fname = Path(fname).absolute()
     tmp = fname.with_name(f'.{fname.name}.{os.getpid()}.tmp')
-    with learn.removed_cbs([c for c in learn.cbs if isinstance(c, _TRAIN_ONLY)]):
-        learn.export(tmp)
+    m = get_model(learn.model)
+    compiled,m._compiled_call_impl = getattr(m, '_compiled_call_impl', None),None   # a compiled forward cannot be pickled
+    try:
+        with learn.removed_cbs([c for c in learn.cbs if isinstance(c, _TRAIN_ONLY)]): learn.export(tmp)
+    finally: m._compiled_call_impl = compiled
     os.replace(tmp, fname); _fsync_dir(fname.parent)
     return fname
 
@@ -560,15 +645,15 @@ def plot_history(history, fname=None):
 
 # %% ../nbs/04_train.ipynb #471d995f
 _DEFAULTS = dict(data=URL_TINY, mix=None, ls=0.1, wd=None, opt='adam', sched='stages', pct_start=0.25, lr_find_it=100,
-                 tta='aug', tta_n=4, aug=1.0, fast=True)
+                 tta='aug', tta_n=4, aug=1.0, fast=True, ema=None, compile=False)
 
 RECIPES = {
     'demo':   dict(_DEFAULTS, data=None, arch='tiny', sizes=(16,32,64), epochs=(2,2,4), lrs=(None,3e-3,2e-3), bs=64,
                    lr_find_it=30, fast=False),
     'sprint': dict(_DEFAULTS, arch='dense', sizes=(32,48,64), epochs=(10,14,16), lrs=(0.4,0.4,0.4), bs=512, opt='sgd',
                    wd=5e-4, sched='one', pct_start=0.15, tta='flip'),
-    'full':   dict(_DEFAULTS, arch='large', sizes=(32,64,128), epochs=(60,140,200), lrs=(4e-3,3e-3,2e-3), bs=256,
-                   mix='cutmix', wd=0.05),
+    'full':   dict(_DEFAULTS, arch='dense_wide', sizes=(32,48,64), epochs=(40,80,280), lrs=(0.2,0.2,0.2), bs=256, opt='sgd',
+                   wd=5e-4, sched='one', pct_start=0.05, mix='mixcut', ema=0.9998, tta='flip', compile=True),
 }
 
 def get_recipe(preset:str) -> dict:
@@ -650,16 +735,18 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     if device.type == 'cuda' and not deterministic: torch.backends.cudnn.benchmark = True
     dls = rank0_first(tiny_dls, path, size=r['sizes'][0], bs=local_bs(r['bs']), seed=seed, fast=r['fast'], num_workers=num_workers,
                       skip_bad=skip_bad, device=device, check_images=True, aug=r['aug'], **(dls_kwargs or {}))
-    learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], opt=r['opt'], path=out, cbs=cbs)
+    learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], opt=r['opt'], ema=r['ema'], path=out, cbs=cbs,
+                         compile=r['compile'] and device.type == 'cuda')   # compiling pays on a GPU only
     if restart and not rank_distrib():
         learn.checkpoint.file.unlink(missing_ok=True); (out/'history.csv').unlink(missing_ok=True)
-    config = dict(bs=r['bs'], mix=r['mix'], ls=r['ls'], seed=seed, **({'opt': r['opt']} if r['opt'] != 'adam' else {}))
+    config = dict(bs=r['bs'], mix=r['mix'], ls=r['ls'], seed=seed, **{k: r[k] for k in ('opt', 'ema') if r[k] != _DEFAULTS[k]})
     _say(f"{preset}: {r['arch']} ({learn.rules['params']:,} params), {len(dls.vocab)} classes, {len(dls.train_ds):,} train / "
          f"{len(dls.valid_ds):,} val images from {path}, on {_device_name(dls)}")
     with distrib_training(learn):
         progressive_fit(learn, r['stages'], config=config, pct_start=r['pct_start'], sched=r['sched'],
                         lr_find_kw=dict(num_it=r['lr_find_it']))
     ck = learn.checkpoint
+    apply_ema(learn)   # evaluate and export the averaged weights
     _say("evaluating on the val set" + (f" (with {tta} TTA)" if tta else ""))
     ev = evaluate(learn, size=r['sizes'][-1], tta=tta, n=r['tta_n'])
     res = dict(top1=ev['top1'], top5=ev['top5'], top1_tta=ev.get('top1_tta'), top5_tta=ev.get('top5_tta'),
@@ -667,7 +754,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
                epochs=sum(r['epochs']), wall_s=round(time.time()-t0, 1), train_s=round(sum(h['time_s'] for h in ck.history), 1),
                device=_device_name(dls), history=ck.history, preset=preset, arch=r['arch'], bs=r['bs'], mix=r['mix'], ls=r['ls'],
                wd=r['wd'], seed=seed, runs=ck.meta.get('runs', 1), data=str(path), classes=list(dls.vocab),
-               world_size=world_size(), bs_per_process=local_bs(r['bs']), n_train=len(dls.train_ds), n_valid=ev['n_valid'], tta=tta, tta_n=r['tta_n'] if tta == 'aug' else 0, opt=r['opt'], sched=r['sched'])
+               world_size=world_size(), bs_per_process=local_bs(r['bs']), n_train=len(dls.train_ds), n_valid=ev['n_valid'], tta=tta, tta_n=r['tta_n'] if tta == 'aug' else 0, opt=r['opt'], sched=r['sched'], ema=r['ema'])
     if not rank_distrib():
         export_learner(learn, out/'model.pkl')
         plot_history(ck.history, out/'history.png')
