@@ -104,7 +104,7 @@ def test_model_file_errors(demo, tmp_path):
     (['--epochs', '300,200,1'], 'the plan has 501 epochs in all'),
     (['--bs', '0'], 'the batch size must be a positive integer, got 0'),
     (['--lr=-1e-3'], 'the learning rate must be a positive number'),
-    (['--preset', 'huge'], "unknown preset 'huge'; known presets: demo, full"),
+    (['--preset', 'huge'], "unknown preset 'huge'; known presets: demo, sprint, full"),
     (['--arch', 'resnet50'], "unknown arch 'resnet50'"),
     (['--data', '/nonexistent/tiny'], '/nonexistent/tiny does not exist'),
 ])

@@ -305,25 +305,6 @@ def test_find_max_bs_gpu(sample_dls):
     assert all(p.grad is None for p in learn.model.parameters())
 
 
-# ---------------------------------------------------------------- bench/gpu.py on a CPU
-
-def test_gpu_bench_cpu_smoke(subset, tmp_path):
-    "The GPU benchmark runs end to end on a CPU with a tiny budget and leaves its figures (in this process: no second import of fastai)"
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('gpu_bench', ROOT/'bench'/'gpu.py')
-    gb = importlib.util.module_from_spec(spec); spec.loader.exec_module(gb)
-    out = tmp_path/'out'
-    gb.main([str(subset), '--out', str(out), '--budget-s', '15', '--arch', 'tiny', '--bs', '16', '--steps', '2', '--warmup', '1',
-             '--skip', '1', '--workers', '0', '--cache-dir', str(tmp_path/'c'), '--sizes', '32', '--tta-n', '1', '--threads', '1'])
-    d = json.loads((out/'gpu_bench.json').read_text())
-    assert d['status'] == 'done' and set(d['steps']) == {'setup', 'throughput', 'max_bs', 'train'}
-    a,t = d['steps']['throughput'],d['steps']['train']
-    assert a['tensor_ips'] > 0 and a['loader_ips'] > 0 and a['ratio'] > 0
-    assert d['steps']['max_bs']['64 px'] == 16 and 'not a GPU' in d['steps']['max_bs']['note']
-    assert t['epochs_done'] >= 1 and 0 <= t['top1'] <= 1 and len(t['history']) == t['epochs_done']
-    assert 'top-1 on the official val set' in (out/'gpu_bench.md').read_text()
-
-
 # ---------------------------------------------------------------- the full dataset (TINY_IMAGENET)
 
 @pytest.fixture(scope='module')

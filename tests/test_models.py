@@ -4,9 +4,9 @@ from fastai.layers import ConvLayer, AdaptiveAvgPool, Flatten
 from fastai.vision.models.xresnet import xresnet18
 from tiny_fastai.models import *
 
-PRESETS = ['tiny', 'small', 'medium', 'large']
+PRESETS = ['tiny', 'small', 'medium', 'large', 'dense', 'dense_wide']
 # exact parameter counts at n_out=200: a change here is a change of architecture, so update the README table too
-PARAMS = dict(tiny=248_024, small=1_583_784, medium=10_574_312, large=23_396_456)
+PARAMS = dict(tiny=248_024, small=1_583_784, medium=10_574_312, large=24_897_896, dense=11_115_240, dense_wide=24_911_400)
 
 @pytest.fixture(scope='module', autouse=True)
 def one_thread():
@@ -186,12 +186,22 @@ def test_params_rule():
 # ---------------------------------------------------------------- presets: arch lookup, sizes, shapes, RF, backward
 def test_get_arch():
     assert list(ARCHS) == PRESETS and get_arch('large') is sep_xresnet_large
-    with pytest.raises(ValueError, match="unknown arch 'xl'; known archs: tiny, small, medium, large"): get_arch('xl')
+    with pytest.raises(ValueError, match="unknown arch 'xl'; known archs: tiny, small, medium, large, dense, dense_wide"): get_arch('xl')
 
 def test_param_counts(presets):
     n = {a: sum(p.numel() for p in m.parameters()) for a,m in presets.items()}
     assert n == PARAMS
-    assert n['tiny'] < n['small'] < n['medium'] < n['large'] < 26_000_000
+    assert n['tiny'] < n['small'] < n['medium'] < n['large'] < 26_000_000 and n['dense'] < n['dense_wide'] < 26_000_000
+
+def test_dense_block():
+    "DenseBlock: channels grow in the 3x3, the shortcut pools and pads (no 1x1 at all), the last BN starts at zero"
+    b = DenseBlock(16, 32, stride=2)
+    assert b(torch.randn(2, 16, 8, 8)).shape == (2, 32, 4, 4)
+    assert [type(o).__name__ for o in b.idpath] == ['AvgPool2d', 'PadChannels']
+    assert all(c.kernel_size == (3, 3) for c in b.modules() if isinstance(c, nn.Conv2d))
+    assert float(b.convpath[1][1].weight.abs().sum()) == 0
+    with pytest.raises(ValueError, match='depthwise multiplier'): DenseBlock(16, 32, mult=2)
+    assert xresnet_dense()[0][0].stride == (1, 1)    # the first stage sees the whole 64x64 image
 
 @pytest.mark.parametrize('size', [16, 32, 40, 64, 100])
 def test_shapes(presets, size):

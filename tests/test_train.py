@@ -19,8 +19,8 @@ METRICS = ('train_loss', 'valid_loss', 'top1', 'top5')
     (dict(sizes=[64], epochs=[501]), 'the rules allow at most 500'),
     (dict(bs=0), 'batch size must be a positive integer, got 0'),
     (dict(lrs=[-1e-3]), 'learning rate must be a positive number'),
-    (dict(preset='huge'), "unknown preset 'huge'; known presets: demo, full"),
-    (dict(arch='resnet50'), "unknown arch 'resnet50'; known archs: tiny, small, medium, large"),
+    (dict(preset='huge'), "unknown preset 'huge'; known presets: demo, sprint, full"),
+    (dict(arch='resnet50'), "unknown arch 'resnet50'; known archs: tiny, small, medium, large, dense, dense_wide"),
     (dict(epochs=[2, 2]), 'got 2 epoch count(s) for the 3 stages'),
 ])
 def test_bad_settings_refused_before_data(tmp_path, kw, msg):
@@ -91,3 +91,127 @@ def test_results_json(data, tmp_path):
     assert 0 <= r['top1'] <= r['top5'] <= 1 and 0 <= r['top1_tta'] <= r['top5_tta'] <= 1
     assert r['params'] > 0 and r['device'].startswith('cpu') and r['wall_s'] > 0
     assert (tmp_path/'history.csv').read_text().count('\n') == 3
+
+
+# ---------------------------------------------------------------- the GPU-oriented loop, on the CPU
+
+from fastai.vision.all import Callback, CancelFitException, OptimWrapper, combined_cos
+from tiny_fastai.data import tiny_dls
+from tiny_fastai.train import (tiny_learner, progressive_fit, evaluate, get_opt, wd_splitter, cycle_slice, MixCut, EMA,
+                               apply_ema, compile_model, export_learner, load_model_file, resolve_plan, HFlip, get_recipe)
+from tiny_fastai.models import check_rules, get_arch
+
+def _dls(data, size=32, bs=16): return tiny_dls(data, size=size, bs=bs, num_workers=0, seed=0)
+
+@pytest.mark.parametrize('kw,msg', [(dict(opt='lamb'), "unknown optimizer 'lamb'; use one of: adam, adamw, sgd"),
+                                    (dict(sched='cosine'), "unknown schedule 'cosine'; use one of: stages, one"),
+                                    (dict(tta='five'), "unknown tta 'five'; use one of: none, flip, aug"),
+                                    (dict(mix='blend'), "unknown mix 'blend'")])
+def test_new_settings_refused_before_data(tmp_path, kw, msg):
+    with pytest.raises(PlanError, match=msg): train_recipe('demo', out=tmp_path/'out', data=tmp_path/'missing', **kw)
+    assert not (tmp_path/'out').exists()
+
+def test_presets_obey_the_rules():
+    "Every recipe's model passes check_rules and its plan fits the 500-epoch limit"
+    for name in ('demo', 'sprint', 'full'):
+        r = resolve_plan(name)
+        check_rules(get_arch(r['arch'])())
+        assert sum(r['epochs']) <= 500
+
+def test_torch_optimizers_skip_wd_on_norms_and_biases(data):
+    "opt='sgd'/'adamw': PyTorch's optimizer through OptimWrapper, weight decay on conv weights only, driven by fastai's schedule"
+    for opt,cls in (('sgd', torch.optim.SGD), ('adamw', torch.optim.AdamW)):
+        learn = tiny_learner(_dls(data), 'tiny', opt=opt, wd=1e-3, checkpoint=None)
+        learn.fit_one_cycle(1, 0.05)
+        assert isinstance(learn.opt, OptimWrapper) and isinstance(learn.opt.opt, cls)
+        g0,g1 = learn.opt.opt.param_groups
+        assert g0['weight_decay'] == 1e-3 and g1['weight_decay'] == 0
+        assert all(p.ndim == 4 for p in g0['params']) and all(p.ndim == 1 for p in g1['params'])
+        assert g0['lr'] < 0.05/2 and learn.opt.hypers[0]['mom'] > 0.85   # fastai's one-cycle drives lr and momentum
+    assert get_opt('adam').__name__ == 'Adam'
+
+def test_one_cycle_across_stages_is_fit_one_cycles_schedule(data, tmp_path):
+    "sched='one': the learning rates of all stages, batch after batch, are those of one fit_one_cycle over all epochs"
+    learn = tiny_learner(_dls(data), 'tiny', opt='sgd', path=tmp_path)
+    progressive_fit(learn, [(16,1,0.1),(32,2,0.1)], sched='one', pct_start=0.3)
+    lrs = learn.recorder.lrs                       # the last stage's
+    n = len(lrs)//2                                # batches per epoch
+    f = combined_cos(0.3, 0.1/25, 0.1, 0.1/1e5)
+    expect = [f((n + i)/(3*n)) for i in range(2*n)]
+    assert lrs == pytest.approx(expect, rel=1e-6)
+    assert [h['lr'] for h in learn.checkpoint.history] == [0.1, 0.1, 0.1]
+
+def test_mixcut(data):
+    "MixCut mixes each batch with MixUp or CutMix and stops mixing for the last `off` of training"
+    learn = tiny_learner(_dls(data), 'tiny', checkpoint=None)
+    b = learn.dls.one_batch()
+    for p_cut,off in ((1., 0.), (0., 0.), (1., 1.)):
+        cb = MixCut(p_cut=p_cut, off=off)
+        learn.xb,learn.yb = (b[0].clone(),),(b[1],)
+        learn.pct_train,learn.iter,learn.n_iter = 0.,0,1
+        cb.learn = learn; cb.stack_y = True
+        cb.before_batch()
+        x = learn.xb[0]
+        if off == 1.: assert torch.equal(x, b[0]) and float(cb.lam) == 1.
+        elif p_cut == 1.:
+            changed = (x != b[0]).any(1)                                # pixels taken from other images: one box
+            ys,xs = changed.any(0).any(1).nonzero(),changed.any(0).any(0).nonzero()
+            if len(ys): assert changed.any(0)[ys.min():ys.max()+1, xs.min():xs.max()+1].float().mean() > 0.5
+            assert 0 <= float(cb.lam) <= 1
+        else: assert not torch.equal(x, b[0]) and cb.lam.shape == (len(x),)
+
+def test_ema_validates_exports_and_resumes(data, tmp_path):
+    "EMA: validation scores the averaged weights; apply_ema puts them in the model; the checkpoint keeps the average"
+    learn = tiny_learner(_dls(data), 'tiny', ema=0.9, path=tmp_path)
+    learn.fit_one_cycle(2, 3e-3)
+    ema = learn.ema
+    assert ema.n == 2*len(learn.dls.train)
+    live = [p.detach().clone() for p in learn.model.parameters()]
+    v = learn.validate()
+    assert all(torch.equal(a, b) for a,b in zip(live, learn.model.parameters()))   # swapped back after validating
+    st = read_checkpoint(learn.checkpoint.file)['ema']
+    assert st['n'] == ema.n and all(torch.equal(a, b) for a,b in zip(st['avg'], ema.avg))
+    apply_ema(learn)
+    assert not hasattr(learn, 'ema') and all(torch.equal(p.data, a) for p,a in zip(learn.model.parameters(), st['avg']))
+    assert learn.validate()[1] == pytest.approx(v[1])
+
+def test_flip_tta(data):
+    "tta='flip' averages the predictions for the images and their mirror images"
+    learn = tiny_learner(_dls(data), 'tiny', checkpoint=None)
+    learn.fit(1, 1e-3)
+    p,t = learn.get_preds()
+    pf,_ = learn.get_preds(cbs=[HFlip()])
+    r = evaluate(learn, tta='flip')
+    from tiny_fastai.train import top1
+    assert r['top1_tta'] == pytest.approx(top1((p+pf)/2, t).item()) and r['top1'] == pytest.approx(top1(p, t).item())
+    assert not torch.allclose(p, pf)
+
+def test_compile_model_same_outputs_and_exportable(data, tmp_path):
+    "compile_model keeps the model's outputs and state_dict; a learner with a compiled model exports and loads"
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    x = torch.randn(2, 3, 8, 8)
+    ref = m(x)
+    compile_model(m)
+    assert torch.allclose(m(x), ref, atol=1e-6) and list(m.state_dict()) == ['0.weight', '0.bias']
+    learn = tiny_learner(_dls(data), 'tiny', compile=True, checkpoint=None)
+    export_learner(learn, tmp_path/'m.pkl')
+    assert learn.model._compiled_call_impl is not None                   # still compiled after the export
+    assert len(load_model_file(tmp_path/'m.pkl').dls.vocab) == 5
+
+class _Stop(Callback):
+    "Interrupt the run after the checkpoint of epoch `at` was written (as a kill would, but in this process)"
+    order = 90
+    def __init__(self, at): self.at = at
+    def after_epoch(self):
+        if len(self.learn.checkpoint.history) == self.at: raise KeyboardInterrupt
+
+def test_long_run_features_resume_exactly(data, tmp_path):
+    "The full recipe's loop (SGD, one cycle, MixCut, EMA, array cache) interrupted and resumed gives an uninterrupted run's metrics"
+    kw = dict(data=data, arch='tiny', sizes=[16, 32], epochs=[1, 2], lrs=[0.05], bs=16, num_workers=0, seed=1, tta=False)
+    with pytest.raises(KeyboardInterrupt): train_recipe('full', out=tmp_path/'a', cbs=[_Stop(2)], **kw)
+    a = train_recipe('full', out=tmp_path/'a', **kw)
+    b = train_recipe('full', out=tmp_path/'b', **kw)
+    assert [h['run'] for h in a['history']] == [1, 1, 2] and a['ema'] == get_recipe('full')['ema']
+    for h,g in zip(a['history'], b['history']):
+        for k in METRICS: assert h[k] == pytest.approx(g[k], abs=1e-5), (h['epoch'], k)
+    assert a['top1'] == pytest.approx(b['top1'], abs=1e-6)

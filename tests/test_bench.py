@@ -1,0 +1,33 @@
+"""bench/gpu.py on the CPU: the one-command GPU measurement runs every step end to end on the bundled sample in seconds
+(`--quick`), and leaves its figures in OUT whatever happens."""
+import importlib.util, json, pytest
+from pathlib import Path
+from tiny_fastai.data import sample_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def _gpu_bench():
+    spec = importlib.util.spec_from_file_location('gpu_bench', ROOT/'bench'/'gpu.py')
+    gb = importlib.util.module_from_spec(spec); spec.loader.exec_module(gb)   # in this process: no second import of fastai
+    return gb
+
+def test_gpu_bench_quick_on_cpu(tmp_path):
+    out = tmp_path/'out'
+    _gpu_bench().main([str(sample_path()), '--out', str(out), '--quick', '--workers', '0', '--work-dir', str(tmp_path/'w')])
+    d = json.loads((out/'gpu_bench.json').read_text())
+    assert d['status'] == 'done' and set(d['steps']) == {'data', 'speed', 'sprint', 'projection', 'compile'}
+    st = d['steps']
+    assert st['data']['n_train'] == 1000 and st['data']['n_valid'] == 500
+    assert all(r['ips'] > 0 for r in st['speed']['rows']) and all(r['ips'] > 0 for r in st['speed']['loader'])
+    sp = st['sprint']
+    assert sp['epochs_run'] == sp['preset_epochs'] and not sp['scaled']
+    assert len(sp['history']) == sum(sp['epochs_run']) and 0 <= sp['top1'] <= sp['top5'] <= 1 and sp['tta'] == 'flip'
+    assert json.loads((out/'sprint_results.json').read_text())['top1'] == sp['top1']
+    md = (out/'gpu_bench.md').read_text()
+    assert '## 3. the sprint preset' in md and 'skipped: no GPU' in md
+
+def test_scale_epochs_fits_the_budget():
+    gb = _gpu_bench()
+    assert gb.scale_epochs([10, 14, 16], [5, 5, 8], 1000) == [10, 14, 16]
+    e = gb.scale_epochs([10, 14, 16], [5, 5, 8], 200)
+    assert sum(n*c for n,c in zip(e, [5, 5, 8])) <= 200 and all(n >= 1 for n in e) and e[2] > e[0]
