@@ -1,7 +1,7 @@
 """Training library (in-process, on a 5-class slice of the bundled sample): plans and settings refused before any data is
 read, lr=None uses lr_find, same seed -> same metrics, NaN stops the run and keeps the last good checkpoint, checkpoints
 of another run or corrupt ones are refused clearly."""
-import json, pytest, torch
+import json, os, signal, pytest, torch
 from pathlib import Path
 from fastai.learner import Learner
 from tiny_fastai.data import make_subset, sample_path
@@ -211,7 +211,39 @@ def test_long_run_features_resume_exactly(data, tmp_path):
     with pytest.raises(KeyboardInterrupt): train_recipe('full', out=tmp_path/'a', cbs=[_Stop(2)], **kw)
     a = train_recipe('full', out=tmp_path/'a', **kw)
     b = train_recipe('full', out=tmp_path/'b', **kw)
-    assert [h['run'] for h in a['history']] == [1, 1, 2] and a['ema'] == get_recipe('full')['ema']
+    assert [h['run'] for h in a['history']] == [1, 2, 2] and a['ema'] == get_recipe('full')['ema']   # epoch 2 had no checkpoint yet
     for h,g in zip(a['history'], b['history']):
         for k in METRICS: assert h[k] == pytest.approx(g[k], abs=1e-5), (h['epoch'], k)
     assert a['top1'] == pytest.approx(b['top1'], abs=1e-6)
+
+class _Signal(Callback):
+    "Send this process `sig` at the first batch of epoch `at` (of the current fit)"
+    def __init__(self, sig, at): self.sig,self.at = sig,at
+    def before_batch(self):
+        if self.training and self.epoch == self.at and self.iter == 0: os.kill(os.getpid(), self.sig)
+
+def test_checkpoints_throttled_but_always_at_the_end(data, tmp_path):
+    "With every_s large, only the end of a fit writes the checkpoint; history.csv follows every epoch"
+    learn = tiny_learner(_dls(data), 'tiny', ckpt_every=1e9, path=tmp_path)
+    with pytest.raises(KeyboardInterrupt): learn.fit(3, 1e-3, cbs=_Stop(2))
+    assert not learn.checkpoint.file.exists() and (tmp_path/'history.csv').read_text().count('\n') == 3
+    learn.fit(2, 1e-3)
+    assert len(read_checkpoint(learn.checkpoint.file)['history']) == 4
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_signal_finishes_the_epoch_saves_and_stops(data, tmp_path, sig):
+    "Ctrl-C or SIGTERM: the epoch in progress finishes, the checkpoint is written, the run stops and resumes from there"
+    kw = dict(data=data, sizes=[16, 32], epochs=[3, 1], lrs=[2e-3], bs=16, num_workers=0, seed=1, tta=False)
+    with pytest.raises(KeyboardInterrupt, match='stopped after epoch 2'):
+        train_recipe('demo', out=tmp_path, cbs=[_Signal(sig, 1)], **kw)
+    assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)    # handlers given back
+    assert len(read_checkpoint(tmp_path/'models'/'ckpt.pth')['history']) == 2
+    res = train_recipe('demo', out=tmp_path, **kw)
+    assert [h['run'] for h in res['history']] == [1, 1, 2, 2]
+
+def test_stale_signal_handler_steps_aside(data, tmp_path):
+    "After a fit that ended in an exception, Ctrl-C outside a fit interrupts at once as usual"
+    learn = tiny_learner(_dls(data), 'tiny', path=tmp_path)
+    with pytest.raises(KeyboardInterrupt): learn.fit(2, 1e-3, cbs=_Stop(1))
+    with pytest.raises(KeyboardInterrupt): os.kill(os.getpid(), signal.SIGINT); import time; time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

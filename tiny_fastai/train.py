@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #b76d87bd
 from __future__ import annotations
-import os, json, time, math, platform, warnings
+import os, json, time, math, platform, warnings, signal, threading
 from pathlib import Path
 from fastai.vision.all import *
 from fastai.callback.fp16 import MixedPrecision, AMPMode
@@ -151,12 +151,19 @@ def _num(o):
     try: return float(o)
     except (TypeError, ValueError): return o
 
+def _in_fit(frame) -> bool:
+    "Whether `frame` is inside a `Learner.fit` (so a stale signal handler can step aside)"
+    while frame is not None:
+        if frame.f_code is Learner._do_fit.__code__: return True
+        frame = frame.f_back
+    return False
+
 class Checkpoint(Callback):
-    "Save model, optimizer, RNG states, history and `meta` atomically after every completed epoch; keep the history"
+    "Save model, optimizer, RNG states, history and `meta` atomically after completed epochs (at most every `every_s`); keep the history"
     order = 65   # after Recorder (50) and ProgressCallback (60)
-    def __init__(self, fname='ckpt', csv='history.csv'):
+    def __init__(self, fname='ckpt', csv='history.csv', every_s:float=120):
         store_attr()
-        self.history,self.meta,self.stage,self._smooth = [],{},{},None
+        self.history,self.meta,self.stage,self._smooth,self.saved_at,self.stop,self.handlers = [],{},{},None,None,None,{}
 
     @property
     def file(self): return self.learn.path/self.learn.model_dir/f'{self.fname}.pth'
@@ -167,7 +174,27 @@ class Checkpoint(Callback):
         if self.run and self._smooth is not None and any(isinstance(c, SkipToEpoch) for c in self.learn.cbs):
             sl = self.learn.recorder.smooth_loss   # resuming inside a stage: continue the smoothed train loss too
             sl.count,sl.val = self._smooth
-        if self.run: self._smooth = None
+        if self.run: self._smooth = None; self._catch_signals()
+        if self.saved_at is None: self.saved_at = time.monotonic()
+
+    def _catch_signals(self):
+        "Ctrl-C/SIGTERM: finish the epoch, save, stop; a second signal stops at once"
+        if threading.current_thread() is not threading.main_thread(): return
+        def handler(signum, frame):
+            if self.stop is not None or not _in_fit(frame):   # a second signal, or a fit that ended in an exception
+                for s,h in handler.prev.items(): signal.signal(s, h)
+                self.handlers = {}; signal.raise_signal(signum); return
+            self.stop = signum
+            _say(f"\n{signal.Signals(signum).name}: finishing this epoch, saving the checkpoint, then stopping (again to stop now)")
+        for s in (signal.SIGINT, signal.SIGTERM):
+            prev = signal.getsignal(s)
+            self.handlers[s] = getattr(prev, 'prev', {}).get(s, prev)   # never chain to a stale handler of ours
+        handler.prev = dict(self.handlers)
+        for s in self.handlers: signal.signal(s, handler)
+
+    def _restore_signals(self):
+        for s,h in self.handlers.items(): signal.signal(s, h)
+        self.handlers = {}
 
     def _skipping(self):
         skip = [c for c in self.learn.cbs if isinstance(c, SkipToEpoch)]
@@ -190,9 +217,14 @@ class Checkpoint(Callback):
                    time_s=round(time.time()-self.t0, 2), run=self.meta.get('runs', 1))
         self.history.append(row)
         self.meta.update(stage_epochs=self.epoch+1)
-        self.save()
+        if self.epoch+1 >= self.n_epoch or self.stop is not None or time.monotonic()-self.saved_at >= self.every_s: self.save()
+        elif self.csv and not rank_distrib(): atomic_save(history_csv(self.history), self.learn.path/self.csv, text=True)
+        if self.stop is not None:
+            self._restore_signals(); self.stop = None
+            raise KeyboardInterrupt(f"stopped after epoch {len(self.history)}; the checkpoint {self.file} is saved: run the same command to resume")
 
     def after_fit(self):
+        self._restore_signals()
         if self.muted is not None: self.learn.logger,self.muted = self.muted,None
 
     def state(self) -> dict:
@@ -207,6 +239,7 @@ class Checkpoint(Callback):
     def save(self, **meta):
         "Update `meta` and write the checkpoint and `history.csv` (atomically, rank 0 only)"
         self.meta.update(meta)
+        self.saved_at = time.monotonic()
         if rank_distrib(): return
         atomic_save(self.state(), self.file)
         if self.csv: atomic_save(history_csv(self.history), self.learn.path/self.csv, text=True)
@@ -414,7 +447,7 @@ def _on_gpu(dls):
 
 @delegates(Learner.__init__)
 def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=0.1, checkpoint='ckpt', opt:str='adam',
-                 wd:float=None, ema:float=None, compile:bool=False, precision:str='auto', channels_last:bool=None,
+                 wd:float=None, ema:float=None, compile:bool=False, ckpt_every:float=120, precision:str='auto', channels_last:bool=None,
                  max_params:int=26_000_000, path='.', **kwargs) -> Learner:
     "A `Learner` for Tiny ImageNet `dls` with model preset `arch` (a key of `ARCHS`), checked against the rules"
     model = get_arch(arch)(n_out=len(dls.vocab))
@@ -422,7 +455,7 @@ def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=
     cbs = L(kwargs.pop('cbs', None))
     mcb = _mix_cb(mix, mix_alpha)
     if mcb is not None: cbs.append(mcb)
-    if checkpoint: cbs.append(Checkpoint(checkpoint))
+    if checkpoint: cbs.append(Checkpoint(checkpoint, every_s=ckpt_every))
     cbs.append(NaNGuard())
     if ema: cbs.append(EMA(ema))
     if opt != 'adam':   # PyTorch's optimizers: no weight decay on norms and biases, through parameter groups
