@@ -11,7 +11,8 @@ from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from fastai.learner import SkipToEpoch
 from PIL import Image, UnidentifiedImageError
-from .data import tiny_dls, resize_dls, sample_path, get_tiny_imagenet, BatchResize, URL_TINY
+from .data import sample_path, get_tiny_imagenet, URL_TINY
+from .loaders import tiny_dls, resize_dls, BatchResize
 from .models import get_arch, check_rules, ARCHS
 from .distrib import (init_distrib, distrib_training, rank0_first, on_rank0, broadcast_object, get_preds_all,
                                  local_bs, world_size)

@@ -1,17 +1,21 @@
-"""Tests of tiny_fastai.fast: `fast_augment` is imgaug bit for bit, the array cache (build, reuse, rebuild on change,
-bad images), `fast_dls` gives the same items, labels and pixels as the DataBlock path, per-worker random states, fastai
-integration (resize, show_batch, test_dl, training, TTA, export and predict), `find_max_bs`, and a CPU run of
-bench/gpu.py. The full-dataset test runs when TINY_IMAGENET names the archive or an extracted folder."""
-import json, os, pickle, shutil, sys, warnings
+"""Tests of tiny_fastai.loaders: `tiny_dls` (labels, vocab, normalisation, odd images, errors) and `resize_dls`; with
+`cache=True`, the array cache (build, reuse, rebuild on change, bad images), the same items, labels and pixels as the
+DataBlock path, per-worker random states and kept workers, fastai integration (resize, show_batch, test_dl, training,
+TTA, export and predict); `find_max_bs` and a CPU run of bench/gpu.py (they move with `find_max_bs` to the learner).
+The full-dataset tests run when TINY_IMAGENET names the archive or an extracted folder (conftest.py)."""
+import gc, json, pickle, shutil, time, warnings, weakref
 from pathlib import Path
 import numpy as np, pytest, torch
 import imgaug.augmenters as iaa
 import matplotlib; matplotlib.use('Agg')
 from PIL import Image
-from fastai.vision.all import TensorImage, TensorCategory, Learner, CrossEntropyLossFlat, load_learner, set_seed, first
-from tiny_fastai.augment import default_augmenter, ImgAugTransform
-from tiny_fastai.data import tiny_dls, resize_dls, sample_path, make_subset, get_tiny_imagenet, open_image, LayoutError, _scan
-from tiny_fastai.fast import fast_augment, _fast_fn, build_cache, ArrayCache, FastDL, fast_dls, find_max_bs, _largest, default_cache_dir
+from fastai.vision.all import (TensorImage, TensorCategory, TfmdDL, DataLoaders, Learner, CrossEntropyLossFlat, load_learner,
+                               set_seed, first)
+import tiny_fastai.loaders as tloaders
+from tiny_fastai.augment import ImgAugTransform
+from tiny_fastai.data import TINY_STATS, LayoutError, scan, class_names, sample_path, make_subset, open_image
+from tiny_fastai.loaders import (tiny_dls, resize_dls, BatchResize, build_cache, ArrayCache, FastDL, default_cache_dir,
+                                 find_max_bs, _largest)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sample_path()
@@ -25,10 +29,12 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope='module')
-def imgs():
-    fs = sorted(SAMPLE.glob('train/*/images/*.JPEG'))[::8][:96]
-    return np.stack([np.asarray(open_image(f)) for f in fs])
+@pytest.fixture
+def copy(tmp_path):
+    "A writable copy of the bundled sample"
+    dst = tmp_path/'tiny-imagenet-200'
+    shutil.copytree(SAMPLE, dst)
+    return dst
 
 
 @pytest.fixture(scope='module')
@@ -37,8 +43,8 @@ def cache_dir(tmp_path_factory): return tmp_path_factory.mktemp('cache')
 
 @pytest.fixture(scope='module')
 def sample_dls(cache_dir):
-    "Fast and DataBlock loaders on the bundled sample, same settings"
-    return (fast_dls(SAMPLE, bs=32, num_workers=0, seed=0, cache_dir=cache_dir, verbose=False),
+    "Array-cache and DataBlock loaders on the bundled sample, same settings"
+    return (tiny_dls(SAMPLE, bs=32, num_workers=0, seed=0, cache=True, cache_dir=cache_dir, verbose=False),
             tiny_dls(SAMPLE, bs=32, num_workers=0, seed=0))
 
 
@@ -46,63 +52,121 @@ def sample_dls(cache_dir):
 def subset(tmp_path): return make_subset(SAMPLE, tmp_path/'sub', n_classes=3, n_train=20, n_val=10)
 
 
-# ---------------------------------------------------------------- fast_augment
-
-@pytest.mark.parametrize('strength', [0.3, 1.0, 2.0])
-def test_fast_augment_is_imgaug(imgs, strength):
-    "Same seed, same images as imgaug, batch after batch (so the random state advances the same way too)"
-    ref,out = default_augmenter(strength),default_augmenter(strength)
-    for seed in (0, 7):
-        ref.seed_(seed); out.seed_(seed)
-        for _ in range(3):
-            r,o = ref(images=imgs.copy()),fast_augment(out, imgs.copy())
-            assert o.dtype == np.uint8 and o.shape == imgs.shape
-            assert np.array_equal(r, o)
-    assert not np.array_equal(o, imgs)
+def _annotations(path):
+    return dict(l.split('\t')[:2] for l in (Path(path)/'val'/'val_annotations.txt').read_text().splitlines() if l.strip())
 
 
-CASES = {
-    'fliplr': iaa.Fliplr(0.5),
-    'affine': iaa.Affine(scale=(0.7, 1.4), translate_percent={'x': (-0.2, 0.2), 'y': (-0.2, 0.2)}, rotate=(-45, 45), shear=(-15, 15), order=1, mode='reflect'),
-    'affine_px_xy': iaa.Affine(scale={'x': (0.8, 1.2), 'y': (0.9, 1.1)}, translate_px=(-5, 5), shear={'x': (-5, 5), 'y': (-5, 5)}),
-    'affine_modes': iaa.Affine(rotate=(-30, 30), order=[0, 1, 3], mode=['constant', 'edge', 'symmetric', 'wrap'], cval=(0, 255)),
-    'multiply': iaa.Multiply((0.5, 1.5), per_channel=0.5),
-    'add': iaa.Add((-40, 40), per_channel=0.5),
-    'gamma': iaa.GammaContrast((0.5, 2.0), per_channel=0.5),
-    'hue_sat': iaa.AddToHueAndSaturation(value_hue=(-30, 30), value_saturation=(-60, 60)),
-    'hue_sat_value': iaa.AddToHueAndSaturation((-20, 20), per_channel=True),
-    'blur': iaa.GaussianBlur(sigma=(0.0, 3.0)),
-    'sometimes_else': iaa.Sometimes(0.5, iaa.Fliplr(1.0), [iaa.Add(10), iaa.Multiply(0.5)]),
-    'fallbacks': iaa.Sequential([iaa.Cutout(nb_iterations=(1, 3)), iaa.Grayscale((0.0, 1.0)), iaa.Dropout(0.1)], random_order=True),
-}
-
-@pytest.mark.parametrize('name', list(CASES))
-def test_fast_augment_each_kind(imgs, name):
-    a = CASES[name]
-    for seed in (1, 2):
-        a.seed_(seed); r = a(images=imgs.copy())
-        a.seed_(seed); o = fast_augment(a, imgs.copy())
-        assert np.array_equal(r, o), name
+def _vocab_labels(dls, ds):
+    "Readable label of every item of `ds`, without opening the images"
+    return [dls.vocab[int(y)] for y in ds.tls[1]]
 
 
-def test_fast_augment_edge_cases(imgs):
-    assert _fast_fn(iaa.Affine(fit_output=True)) is None and _fast_fn(iaa.Cutout()) is None
-    assert _fast_fn(default_augmenter()) is not None
-    assert fast_augment(default_augmenter(), imgs[:0].copy()).shape == (0, 64, 64, 3)
-    assert np.array_equal(fast_augment(iaa.Identity(), imgs.copy()), imgs)
-    d = default_augmenter().to_deterministic()        # deterministic augmenters: imgaug itself
-    assert np.array_equal(fast_augment(d, imgs.copy()), d(images=imgs.copy()))
-    f = imgs[:4].astype(np.float32)                   # not uint8: imgaug itself
-    a = iaa.Add(10); a.seed_(0); r = a(images=f.copy()); a.seed_(0)
-    assert np.array_equal(fast_augment(a, f.copy()), r)
+def _check_val_labels(dls, path):
+    ann, names = _annotations(path), class_names(path)
+    items, labels = dls.valid_ds.items, _vocab_labels(dls, dls.valid_ds)
+    assert len(items) == len(ann)
+    for f, lbl in zip(items, labels): assert lbl == names[ann[Path(f).name]], f
+
+
+# ---------------------------------------------------------------- the DataBlock loader
+
+def test_sample_dls():
+    dls = tiny_dls(SAMPLE, bs=32, num_workers=0)
+    names = class_names(SAMPLE)
+    assert (len(dls.train_ds), len(dls.valid_ds), dls.c) == (1000, 500, 10)
+    assert list(dls.vocab) == [names[w] for w in sorted(names)]
+    _check_val_labels(dls, SAMPLE)
+    tr = _vocab_labels(dls, dls.train_ds)
+    assert all(lbl == names[Path(f).parent.parent.name] for f, lbl in zip(dls.train_ds.items, tr))
+    xb, yb = dls.one_batch()
+    assert xb.shape == (32, 3, 64, 64) and yb.shape == (32,)
+    # normalised with the Tiny ImageNet statistics
+    xv, _ = dls.valid.one_batch()
+    m = torch.tensor(TINY_STATS[0])[None, :, None, None]; s = torch.tensor(TINY_STATS[1])[None, :, None, None]
+    raw = xv*s + m
+    assert 0 <= raw.min() and raw.max() <= 1.0001
+
+
+def test_resize_dls():
+    dls = tiny_dls(SAMPLE, bs=16, num_workers=0)
+    for sz in (16, 32, 64, (24, 40)):
+        d = resize_dls(dls, sz)
+        assert isinstance(d, DataLoaders) and len(d.loaders) == 2
+        assert d.path == dls.path and d.device == dls.device and list(d.vocab) == list(dls.vocab)
+        assert d.train_ds is dls.train_ds and d.valid_ds is dls.valid_ds
+        assert d.train.shuffle and not d.valid.shuffle and d.train.bs == 16
+        assert d.train.before_batch.fs == dls.train.before_batch.fs  # the same augmentation
+        hw = (sz, sz) if isinstance(sz, int) else sz
+        for dl in (d.train, d.valid):
+            xb, yb = dl.one_batch()
+            assert xb.shape == (16, 3, *hw) and yb.shape == (16,)
+    # the original loaders are unchanged
+    assert dls.one_batch()[0].shape[-1] == 64
+    # chained resizes replace the size instead of adding transforms
+    d2 = resize_dls(resize_dls(dls, 16), 32)
+    assert sum(isinstance(f, BatchResize) for f in d2.train.after_batch.fs) == 1
+
+
+def test_resize_dls_does_not_reread_folder(monkeypatch):
+    dls = tiny_dls(SAMPLE, bs=8, num_workers=0)
+    def boom(*a, **k): raise AssertionError('folder read again')
+    monkeypatch.setattr(tloaders, 'scan', boom); monkeypatch.setattr(tloaders.os, 'scandir', boom)
+    assert resize_dls(dls, 32).one_batch()[0].shape == (8, 3, 32, 32)
+
+
+def test_resize_dls_keeps_loader_class():
+    class MyDL(TfmdDL): pass
+    dls = tiny_dls(SAMPLE, bs=8, num_workers=0, dl_type=MyDL)
+    d = resize_dls(dls, 16)
+    assert all(type(dl) is MyDL for dl in d.loaders)
+    assert d.valid.one_batch()[0].shape == (8, 3, 16, 16)
+
+
+def test_odd_images_become_rgb_64(copy):
+    "Greyscale, CMYK, RGBA-PNG and odd-sized files all come out as 3x64x64"
+    fs = sorted((copy/'train').glob('*/images/*.JPEG'))[:4]
+    im = Image.open(fs[0]).convert('RGB')
+    im.convert('L').save(fs[0]); im.convert('CMYK').save(fs[1])
+    im.convert('RGBA').save(fs[2].with_suffix('.png')); fs[2].unlink()
+    im.resize((80, 50)).save(fs[3])
+    dls = tiny_dls(copy, bs=4, num_workers=0, aug=None)
+    items = list(dls.train_ds.items)
+    assert len(items) == 1000
+    idx = [items.index(f) for f in [fs[0], fs[1], fs[2].with_suffix('.png'), fs[3]]]
+    xb, yb = dls.train.after_batch(dls.train.create_batch([dls.train.do_item(i) for i in idx]))
+    assert xb.shape == (4, 3, 64, 64) and yb.shape == (4,)
+    g = xb[0]  # the greyscale one has equal channels
+    assert torch.allclose(g[0]*TINY_STATS[1][0] + TINY_STATS[0][0], g[1]*TINY_STATS[1][1] + TINY_STATS[0][1], atol=1e-4)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match='bs'): tiny_dls(SAMPLE, bs=0)
+    with pytest.raises(ValueError, match='size'): tiny_dls(SAMPLE, size=0)
+    with pytest.raises(ValueError, match='aug'): tiny_dls(SAMPLE, aug='strong')
+
+
+def test_layout_errors_and_undecodable_images(copy):
+    "`tiny_dls` refuses a broken layout with `scan`'s error; with `skip_bad` it leaves undecodable files out, with a warning"
+    with pytest.raises(LayoutError, match='does not exist'): tiny_dls(copy/'nope')
+    bad = sorted((copy/'train').glob('*/images/*.JPEG'))[5]
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated JPEG
+    junk = sorted((copy/'val'/'images').iterdir())[7]
+    junk.write_bytes(b'this is not an image')
+    with pytest.raises(LayoutError, match='cannot be decoded'): tiny_dls(copy, check_images=True)
+    with pytest.warns(UserWarning, match='skipped 2 undecodable'): dls = tiny_dls(copy, skip_bad=True, num_workers=0)
+    assert (len(dls.train_ds), len(dls.valid_ds)) == (999, 499) and sorted(dls.bad_files) == sorted([bad, junk])
+    # without the check, loading the file fails with a message naming it
+    dls = tiny_dls(copy, num_workers=0, aug=None)
+    i = list(dls.train_ds.items).index(bad)
+    with pytest.raises(LayoutError, match=f'cannot decode image .*{bad.name}'): dls.train_ds[i]
 
 
 # ---------------------------------------------------------------- the array cache
 
 def _split(path, split='valid'):
-    info = _scan(path)
-    rows = info['train' if split == 'train' else 'valid']
-    return info['path'], [f for f,_ in rows], [info['wnids'].index(w) for _,w in rows]
+    lay = scan(path)
+    rows = lay.train if split == 'train' else lay.valid
+    return lay.path, [f for f,_ in rows], [lay.wnids.index(w) for _,w in rows]
 
 
 def test_cache_build_reuse_rebuild(subset, tmp_path, capsys):
@@ -148,10 +212,10 @@ def test_cache_bad_image(subset, tmp_path):
     bad = sorted((subset/'train').glob('*/images/*.JPEG'))[3]
     bad.write_bytes(b'not a jpeg')
     with pytest.raises(LayoutError, match=f'cannot decode image .*{bad.name}'):
-        fast_dls(subset, num_workers=0, cache_dir=tmp_path/'c', verbose=False)
+        tiny_dls(subset, num_workers=0, cache=True, cache_dir=tmp_path/'c', verbose=False)
     assert not [p for p in (tmp_path/'c').iterdir() if p.suffix in ('.npy', '.tmp')]   # nothing half-written is left
     with pytest.warns(UserWarning, match='skipped 1 undecodable'):
-        dls = fast_dls(subset, num_workers=0, cache_dir=tmp_path/'c', skip_bad=True, verbose=False)
+        dls = tiny_dls(subset, num_workers=0, cache=True, cache_dir=tmp_path/'c', skip_bad=True, verbose=False)
     assert len(dls.train_ds) == 59 and len(dls.train_ds.cache) == 59 and bad not in dls.train_ds.items
     assert dls.bad_files == [bad]
 
@@ -162,7 +226,7 @@ def test_default_cache_dir(tmp_path):
     assert SAMPLE.resolve() not in d.parents and 'tiny_fastai' in str(d)
 
 
-# ---------------------------------------------------------------- the loaders
+# ---------------------------------------------------------------- the array loader (cache=True)
 
 def test_same_items_labels_and_pixels(sample_dls):
     f,d = sample_dls
@@ -181,27 +245,31 @@ def test_same_items_labels_and_pixels(sample_dls):
 
 
 def test_same_augmentation_as_datablock(sample_dls):
-    "Seeded alike, both paths give the same first augmented training batch"
+    "Seeded alike, both paths give the same augmented training batches"
     bs = []
     for dls in sample_dls:
         torch.manual_seed(3)
-        bs.append(first(dls.train.new(shuffle=False)))
-    assert torch.equal(bs[0][0], bs[1][0]) and torch.equal(bs[0][1], bs[1][1])
+        bs.append([b for _,b in zip(range(3), dls.train.new(shuffle=False))])
+    for a,b in zip(*bs): assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     raw = first(sample_dls[0].train.new(shuffle=False, before_batch=[]))[0]
-    assert (raw != bs[0][0]).float().mean() > 0.3
+    assert (raw != bs[0][0][0]).float().mean() > 0.3
 
 
-def test_tiny_dls_fast_forwards(cache_dir):
-    dls = tiny_dls(SAMPLE, bs=16, fast=True, num_workers=0, cache_dir=cache_dir, verbose=False, aug=0.5)
+def test_cache_option(cache_dir):
+    dls = tiny_dls(SAMPLE, bs=16, cache=True, num_workers=0, cache_dir=cache_dir, verbose=False, aug=0.5)
     assert type(dls.train) is FastDL and dls.train.cache is not None and dls.cache_dir == cache_dir
     assert isinstance(dls.train.before_batch.fs[0], ImgAugTransform)
     assert dls.train.one_batch()[0].shape == (16, 3, 64, 64)
-    with pytest.raises(ValueError, match='bs'): fast_dls(SAMPLE, bs=0)
-    with pytest.raises(ValueError, match='aug_impl'): fast_dls(SAMPLE, aug_impl='gpu', cache_dir=cache_dir)
+    assert not dls.train.pin_memory   # pinned only for a GPU
+    with pytest.warns(DeprecationWarning, match='cache'):   # the old name of the option
+        old = tiny_dls(SAMPLE, bs=16, fast=True, num_workers=0, cache_dir=cache_dir, verbose=False)
+    assert type(old.train) is FastDL and old.train.cache.xf == dls.train.cache.xf
+    with pytest.raises(ValueError, match='bs'): tiny_dls(SAMPLE, bs=0, cache=True)
+    with pytest.raises(ValueError, match='aug_impl'): tiny_dls(SAMPLE, aug_impl='gpu', cache=True, cache_dir=cache_dir, verbose=False)
 
 
 def test_imgaug_executor_gives_the_same_batches(cache_dir):
-    dls = [fast_dls(SAMPLE, bs=32, num_workers=0, seed=0, cache_dir=cache_dir, verbose=False, aug_impl=i) for i in ('fast', 'imgaug')]
+    dls = [tiny_dls(SAMPLE, bs=32, num_workers=0, seed=0, cache=True, cache_dir=cache_dir, verbose=False, aug_impl=i) for i in ('fast', 'imgaug')]
     assert dls[1].train.new().aug_impl == 'imgaug'
     bs = []
     for d in dls:
@@ -215,7 +283,7 @@ def test_odd_images_in_the_val_set(subset, tmp_path):
     im = Image.open(fs[0]).convert('RGB')
     im.convert('L').save(fs[0]); im.convert('CMYK').save(fs[1], format='JPEG'); im.resize((80, 50)).save(fs[2], format='JPEG')
     im.resize((40, 40)).save(fs[3], format='JPEG')
-    f = fast_dls(subset, bs=30, num_workers=0, cache_dir=tmp_path/'c', verbose=False)
+    f = tiny_dls(subset, bs=30, num_workers=0, cache=True, cache_dir=tmp_path/'c', verbose=False)
     d = tiny_dls(subset, bs=30, num_workers=0)
     (xf,yf),(xd,yd) = f.valid.one_batch(),d.valid.one_batch()
     assert torch.equal(xf, xd) and torch.equal(yf, yd)
@@ -224,7 +292,7 @@ def test_odd_images_in_the_val_set(subset, tmp_path):
 def test_worker_random_states(cache_dir):
     "Two workers augment differently; a new epoch draws anew; the same seed gives the same batches"
     aug = iaa.Add((-50, 50))
-    dls = fast_dls(SAMPLE, bs=16, num_workers=2, aug=aug, seed=0, cache_dir=cache_dir, verbose=False)
+    dls = tiny_dls(SAMPLE, bs=16, num_workers=2, aug=aug, seed=0, cache=True, cache_dir=cache_dir, verbose=False)
     dl = dls.train.new(shuffle=False, after_batch=[])
     raw = dls.train_ds.cache.x
     def offsets(n=4):
@@ -241,6 +309,47 @@ def test_worker_random_states(cache_dir):
     assert e1[0] != e1[1] and e1[2] != e1[3], e1   # batches 0 and 1 come from different workers
     assert len({v for b in e1 for v in b}) > 20
     assert e2 != e1 and e3 == e1
+
+
+def test_kept_workers(subset, tmp_path):
+    """Workers are kept from one pass to the next (the same processes), and give exactly the batches new workers give
+    (fastai's behaviour, `persistent_workers=False`): order, augmentation, over two epochs; PyTorch's RNG ends the same"""
+    dls = tiny_dls(subset, bs=10, num_workers=2, aug=0.5, seed=0, cache=True, cache_dir=tmp_path/'c', verbose=False)
+    assert dls.train.fake_l.persistent_workers and dls.valid.fake_l.persistent_workers
+    def run(persistent):
+        set_seed(0); dl = dls.train.new(persistent_workers=persistent, after_batch=[])
+        set_seed(1); epochs, pids = [], []
+        for _ in range(2):
+            epochs.append([(x.float().mean((1, 2, 3)), y) for x, y in dl])
+            pids.append(None if dl._workers is None else [p.pid for p in dl._workers._workers])
+        return epochs, pids, torch.rand(1)
+    (kept, kpids, kr), (new, npids, nr) = run(True), run(False)
+    assert kpids[0] == kpids[1] and len(kpids[0]) == 2 and npids == [None, None]
+    assert len(kept[0]) == 6 and not torch.equal(kept[0][0][0], kept[1][0][0])   # a new epoch: new order and augmentation
+    for ek, en in zip(kept, new):
+        for (xk, yk), (xn, yn) in zip(ek, en): assert torch.equal(xk, xn) and torch.equal(yk, yn)
+    assert torch.equal(kr, nr)
+
+
+def test_kept_workers_one_set_per_dataset(cache_dir):
+    "A loader of the same dataset that starts its workers (here the next size of `resize_dls`) ends the previous one's"
+    dls = tiny_dls(SAMPLE, bs=100, num_workers=1, aug=None, cache=True, cache_dir=cache_dir, verbose=False)
+    first(dls.train); first(dls.valid)
+    assert dls.train._workers is not None and dls.valid._workers is not None
+    r = resize_dls(dls, 32)
+    assert r.cache_dir == cache_dir and r.train.fake_l.persistent_workers
+    assert first(r.train)[0].shape == (100, 3, 32, 32)
+    assert dls.train._workers is None and dls.valid._workers is not None and r.train._workers is not None
+    for dl in (r.train, dls.valid): dl.close_workers()
+
+
+def test_kept_workers_end_with_their_loader(cache_dir):
+    "A dropped loader is garbage-collected and its kept workers end at once (PyTorch alone would wait 5 s for each)"
+    dls = tiny_dls(SAMPLE, bs=100, num_workers=2, aug=None, cache=True, cache_dir=cache_dir, verbose=False)
+    dl = dls.train.new(); first(dl)
+    procs = list(dl._workers._workers); w = weakref.ref(dl); del dl
+    t = time.perf_counter(); gc.collect()
+    assert w() is None and time.perf_counter() - t < 3 and not any(p.is_alive() for p in procs)
 
 
 def test_resize_show_batch_test_dl(sample_dls):
@@ -260,7 +369,7 @@ def test_resize_show_batch_test_dl(sample_dls):
 
 def test_learner_train_tta_export_predict(subset, tmp_path):
     from tiny_fastai.train import tiny_learner, evaluate, export_learner, predict_files
-    dls = fast_dls(subset, size=32, bs=16, num_workers=0, seed=0, cache_dir=tmp_path/'c', verbose=False)
+    dls = tiny_dls(subset, size=32, bs=16, num_workers=0, seed=0, cache=True, cache_dir=tmp_path/'c', verbose=False)
     learn = tiny_learner(dls, 'tiny', path=tmp_path, checkpoint=None)
     learn.fit_one_cycle(1, 3e-3)
     assert len(learn.recorder.values) == 1
@@ -275,7 +384,7 @@ def test_learner_train_tta_export_predict(subset, tmp_path):
     assert predict_files(l2, [img], k=2)[0]['top'][0][0] == cls
 
 
-# ---------------------------------------------------------------- find_max_bs
+# ---------------------------------------------------------------- find_max_bs (moves to the learner, with these tests)
 
 def test_largest_search():
     tried = []
@@ -326,12 +435,16 @@ def test_gpu_bench_cpu_smoke(subset, tmp_path):
 
 # ---------------------------------------------------------------- the full dataset (TINY_IMAGENET)
 
-@pytest.fixture(scope='module')
-def full_path(tmp_path_factory):
-    src = os.environ.get('TINY_IMAGENET')
-    if not src: pytest.skip('set TINY_IMAGENET to the Tiny ImageNet archive or folder to run the full-dataset tests')
-    if Path(src).is_dir(): return get_tiny_imagenet(src)
-    return get_tiny_imagenet(src, dest=tmp_path_factory.mktemp('full'))
+def test_full_dls(full_path):
+    dls = tiny_dls(full_path, bs=64, num_workers=0)
+    assert (len(dls.train_ds), len(dls.valid_ds), dls.c, len(set(dls.vocab))) == (100_000, 10_000, 200, 200)
+    assert 'goldfish' in dls.vocab
+    _check_val_labels(dls, full_path)
+    for sz in (16, 32, 64):
+        d = resize_dls(dls, sz)
+        for dl in (d.train, d.valid):
+            xb, yb = dl.one_batch()
+            assert xb.shape == (64, 3, sz, sz) and yb.shape == (64,)
 
 
 def test_full_val_cache(full_path, tmp_path):
