@@ -28,11 +28,12 @@ def baseline(path, sizes, epochs, lr, bs, seed, num_workers):
     from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, GrandparentSplitter, Resize, aug_transforms,
                                    Normalize, imagenet_stats, Learner, xresnet18, accuracy, top_k_accuracy, set_seed,
                                    LabelSmoothingCrossEntropyFlat, CrossEntropyLossFlat)
-    from tiny_fastai.data import _scan, class_names
-    info, names = _scan(path), class_names(path)
-    items = [f for f, _ in info['train'] + info['valid']]
-    lbl = {f: names[w] for f, w in info['train'] + info['valid']}
-    n_train = len(info['train'])
+    from tiny_fastai.data import scan
+    info = scan(path)
+    names = info.names
+    items = [f for f, _ in info.train + info.valid]
+    lbl = {f: names[w] for f, w in info.train + info.valid}
+    n_train = len(info.train)
     def dls_at(size):
         db = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=lambda f: lbl[f],
                        splitter=lambda o: (list(range(n_train)), list(range(n_train, len(items)))),
@@ -51,10 +52,10 @@ def baseline(path, sizes, epochs, lr, bs, seed, num_workers):
 def ours(path, sizes, epochs, lr, bs, seed, num_workers, arch, out, fast=True):
     "tiny_fastai's recipe at the same sizes and epochs"
     from fastai.vision.all import set_seed
-    from tiny_fastai.data import tiny_dls
+    from tiny_fastai.loaders import tiny_dls
     from tiny_fastai.train import tiny_learner, progressive_fit, evaluate
     set_seed(seed, reproducible=True)
-    dls = tiny_dls(path, size=sizes[0], bs=bs, seed=seed, num_workers=num_workers, fast=fast)
+    dls = tiny_dls(path, size=sizes[0], bs=bs, seed=seed, num_workers=num_workers, cache=fast)
     learn = tiny_learner(dls, arch, path=out)
     progressive_fit(learn, [(s, n, lr) for s, n in zip(sizes, epochs)], resume=False)
     ev = evaluate(learn, size=sizes[-1], tta=False)

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 T0 = time.time()
 import torch, torch.nn.functional as F
 from fastai.vision.all import *
-from tiny_fastai.data import get_tiny_imagenet, resize_dls
-from tiny_fastai.fast import fast_dls
+from tiny_fastai.data import get_tiny_imagenet
+from tiny_fastai.loaders import tiny_dls, resize_dls
 from tiny_fastai.models import get_arch, count_macs
 from tiny_fastai.train import train_recipe, get_recipe, get_opt, wd_splitter, Checkpoint
 
@@ -202,7 +202,7 @@ def main(argv=None):
         t = time.time(); src = Path(a.data)
         path = get_tiny_imagenet(src) if src.is_dir() else get_tiny_imagenet(src, dest=work/'data')
         ext_s,t = time.time()-t,time.time()
-        dls = fast_dls(path, size=r['sizes'][0], bs=r['bs'], num_workers=workers, device=dev, seed=0,
+        dls = tiny_dls(path, size=r['sizes'][0], bs=r['bs'], num_workers=workers, device=dev, seed=0, cache=True,
                        decode_workers=os.cpu_count(), cache_dir=work/'cache')
         rep('data', path=str(path), extract_s=round(ext_s, 1), cache_s=round(time.time()-t, 1), n_train=len(dls.train_ds),
             n_valid=len(dls.valid_ds), decode_workers=os.cpu_count(), workers=workers)

@@ -7,7 +7,8 @@ PATH: the Tiny ImageNet archive or folder (default: $TINY_IMAGENET)."""
 import argparse, os, platform, subprocess, sys, time, warnings
 warnings.filterwarnings('ignore', category=FutureWarning)
 import torch, fastai
-from tiny_fastai.data import get_tiny_imagenet, tiny_dls, resize_dls
+from tiny_fastai.data import get_tiny_imagenet
+from tiny_fastai.loaders import tiny_dls, resize_dls
 
 
 def cpu_model():

@@ -1,5 +1,5 @@
 """Loader throughput: images/second over one full pass of the Tiny ImageNet train set, fastai's DataBlock path
-(`tiny_dls`) against the fast path (`tiny_dls(fast=True)`), with the same augmentation, at several batch sizes in pixels.
+(`tiny_dls`) against the fast path (`tiny_dls(cache=True)`), with the same augmentation, at several batch sizes in pixels.
 
 Usage: python bench/loaders_fast.py [DATA] [--sizes 16 32 64] [--bs 128] [--workers 2] [--aug default]
                                     [--paths datablock fast fast-imgaug] [--cache-dir DIR] [--max-batches N]
@@ -15,11 +15,11 @@ import argparse, gc, os, platform, resource, sys, time, warnings
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import torch
-from tiny_fastai.data import tiny_dls, get_tiny_imagenet
-from tiny_fastai.fast import fast_dls
+from tiny_fastai.data import get_tiny_imagenet
+from tiny_fastai.loaders import tiny_dls
 
 warnings.filterwarnings('ignore')
-PATHS = {'datablock': "DataBlock (`tiny_dls`)", 'fast': "fast (`tiny_dls(fast=True)`)",
+PATHS = {'datablock': "DataBlock (`tiny_dls`)", 'fast': "fast (`tiny_dls(cache=True)`)",
          'fast-imgaug': "fast, imgaug's own executor (`aug_impl='imgaug'`)"}
 
 def cpu_model():
@@ -45,13 +45,15 @@ def one_pass(dl, max_batches=None):
     for i,(x,y) in enumerate(it):
         n += len(x)
         if max_batches and i+1 >= max_batches: break
-    del it; gc.collect()   # ends the workers, so that their CPU time is counted
+    del it
+    if hasattr(dl, 'close_workers'): dl.close_workers()   # workers kept between passes (cache=True) end here too
+    gc.collect()   # ends the workers, so that their CPU time is counted
     return n, time.perf_counter()-t0, cpu_s()-c0
 
 def make(kind, path, size, a):
     kw = dict(size=size, bs=a.bs, aug=None if a.aug == 'none' else a.aug, num_workers=a.workers, seed=0, device='cpu')
     if kind == 'datablock': return tiny_dls(path, **kw)
-    return fast_dls(path, cache_dir=a.cache_dir, aug_impl='imgaug' if kind == 'fast-imgaug' else 'fast', **kw)
+    return tiny_dls(path, cache=True, cache_dir=a.cache_dir, aug_impl='imgaug' if kind == 'fast-imgaug' else 'fast', **kw)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -73,7 +75,7 @@ def main(argv=None):
     cmd = 'python ' + ' '.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     print(f"machine: {machine()}; load average at start {load()}", flush=True)
     if any(k.startswith('fast') for k in a.paths):
-        t0 = time.perf_counter(); fast_dls(path, bs=a.bs, cache_dir=a.cache_dir, num_workers=0, device='cpu')
+        t0 = time.perf_counter(); tiny_dls(path, bs=a.bs, cache=True, cache_dir=a.cache_dir, num_workers=0, device='cpu')
         print(f"fast path: cache ready in {time.perf_counter()-t0:.1f} s (decoded once, then reused)", flush=True)
     res = {}
     for size in a.sizes:

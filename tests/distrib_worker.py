@@ -74,11 +74,12 @@ res['rank0_first'] = rank0_first(lambda: rank_distrib())
 
 # --- the DataBlock loader of tiny_dls (and the fast one, if present) under DistribDL
 if '--data' in sys.argv:
-    from tiny_fastai.data import tiny_dls, sample_path
+    from tiny_fastai.data import sample_path
+    from tiny_fastai.loaders import tiny_dls
     from tiny_fastai.models import get_arch
     res['data'] = {}
     for fast in (False, True):
-        kw = dict(fast=True, cache_dir=out/'cache') if fast else {}     # rank0_first: one process builds the array cache
+        kw = dict(cache=True, cache_dir=out/'cache') if fast else {}     # rank0_first: one process builds the array cache
         try: dls = rank0_first(tiny_dls, sample_path(), size=16, bs=local_bs(48), num_workers=0, seed=0, **kw)
         except (ImportError, NotImplementedError) as e:
             res['data']['fast' if fast else 'datablock'] = f'unavailable: {e}'; continue

@@ -1,11 +1,19 @@
-"Tests of tiny_fastai.augment: the imgaug pipeline, train-only application, and per-worker random state."
+"""Tests of tiny_fastai.augment: the imgaug pipeline, `fast_augment` (imgaug bit for bit on whole batches), `reseed`,
+train-only application, and per-worker random state."""
 import shutil
 import numpy as np, pytest, torch
 import imgaug.augmenters as iaa
 from PIL import Image
 from fastai.vision.all import TensorImage, TensorCategory, PILImage
-from tiny_fastai.augment import default_augmenter, ImgAugTransform
-from tiny_fastai.data import tiny_dls, sample_path
+from tiny_fastai.augment import default_augmenter, ImgAugTransform, fast_augment, reseed, _fast_fn
+from tiny_fastai.data import sample_path, open_image
+from tiny_fastai.loaders import tiny_dls
+
+
+@pytest.fixture(scope='module')
+def imgs():
+    fs = sorted(sample_path().glob('train/*/images/*.JPEG'))[::8][:96]
+    return np.stack([np.asarray(open_image(f)) for f in fs])
 
 
 def _kinds(aug):
@@ -98,3 +106,93 @@ def test_batch_form_keeps_labels_and_types():
     out = t([(x, TensorCategory(1)), (x, TensorCategory(2))], split_idx=0)
     assert [int(o[1]) for o in out] == [1, 2]
     assert all(isinstance(o[0], TensorImage) and o[0].dtype == torch.uint8 and o[0].shape == (3, 64, 64) for o in out)
+
+
+# ---------------------------------------------------------------- fast_augment
+
+@pytest.mark.parametrize('strength', [0.3, 1.0, 2.0])
+def test_fast_augment_is_imgaug(imgs, strength):
+    "Same seed, same images as imgaug, batch after batch (so the random state advances the same way too)"
+    ref,out = default_augmenter(strength),default_augmenter(strength)
+    for seed in (0, 7):
+        ref.seed_(seed); out.seed_(seed)
+        for _ in range(3):
+            r,o = ref(images=imgs.copy()),fast_augment(out, imgs.copy())
+            assert o.dtype == np.uint8 and o.shape == imgs.shape
+            assert np.array_equal(r, o)
+    assert not np.array_equal(o, imgs)
+
+
+CASES = {
+    'fliplr': iaa.Fliplr(0.5),
+    'affine': iaa.Affine(scale=(0.7, 1.4), translate_percent={'x': (-0.2, 0.2), 'y': (-0.2, 0.2)}, rotate=(-45, 45), shear=(-15, 15), order=1, mode='reflect'),
+    'affine_px_xy': iaa.Affine(scale={'x': (0.8, 1.2), 'y': (0.9, 1.1)}, translate_px=(-5, 5), shear={'x': (-5, 5), 'y': (-5, 5)}),
+    'affine_modes': iaa.Affine(rotate=(-30, 30), order=[0, 1, 3], mode=['constant', 'edge', 'symmetric', 'wrap'], cval=(0, 255)),
+    'multiply': iaa.Multiply((0.5, 1.5), per_channel=0.5),
+    'add': iaa.Add((-40, 40), per_channel=0.5),
+    'gamma': iaa.GammaContrast((0.5, 2.0), per_channel=0.5),
+    'hue_sat': iaa.AddToHueAndSaturation(value_hue=(-30, 30), value_saturation=(-60, 60)),
+    'hue_sat_value': iaa.AddToHueAndSaturation((-20, 20), per_channel=True),
+    'blur': iaa.GaussianBlur(sigma=(0.0, 3.0)),
+    'sometimes_else': iaa.Sometimes(0.5, iaa.Fliplr(1.0), [iaa.Add(10), iaa.Multiply(0.5)]),
+    'fallbacks': iaa.Sequential([iaa.Cutout(nb_iterations=(1, 3)), iaa.Grayscale((0.0, 1.0)), iaa.Dropout(0.1)], random_order=True),
+}
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_fast_augment_each_kind(imgs, name):
+    a = CASES[name]
+    for seed in (1, 2):
+        a.seed_(seed); r = a(images=imgs.copy())
+        a.seed_(seed); o = fast_augment(a, imgs.copy())
+        assert np.array_equal(r, o), name
+
+
+def test_fast_augment_edge_cases(imgs):
+    assert _fast_fn(iaa.Affine(fit_output=True)) is None and _fast_fn(iaa.Cutout()) is None
+    assert _fast_fn(default_augmenter()) is not None
+    assert fast_augment(default_augmenter(), imgs[:0].copy()).shape == (0, 64, 64, 3)
+    assert np.array_equal(fast_augment(iaa.Identity(), imgs.copy()), imgs)
+    d = default_augmenter().to_deterministic()        # deterministic augmenters: imgaug itself
+    assert np.array_equal(fast_augment(d, imgs.copy()), d(images=imgs.copy()))
+    f = imgs[:4].astype(np.float32)                   # not uint8: imgaug itself
+    a = iaa.Add(10); a.seed_(0); r = a(images=f.copy()); a.seed_(0)
+    assert np.array_equal(fast_augment(a, f.copy()), r)
+
+
+# ---------------------------------------------------------------- reseed, the random-state policy
+
+def test_reseed(imgs):
+    "From PyTorch's RNG (or a given seed), for an augmenter or a transform; a transform made with `reseed=False` is left alone"
+    a, b = default_augmenter(), default_augmenter()
+    torch.manual_seed(0); reseed(a); torch.manual_seed(0); assert reseed(b) is b
+    assert np.array_equal(a(images=imgs[:8]), b(images=imgs[:8]))
+    reseed(a, 3); reseed(b, 3)
+    assert np.array_equal(a(images=imgs[:8]), b(images=imgs[:8]))
+    off = ImgAugTransform(iaa.Add((-50, 50)), reseed=False)
+    off.aug.seed_(5); ref = off.aug(images=imgs[:8])
+    off.aug.seed_(5); reseed(off); reseed(off, 1)
+    assert np.array_equal(off.aug(images=imgs[:8]), ref)
+
+
+def test_reseed_holds_for_the_item_form(imgs):
+    "After `reseed(t)` (what training does at each epoch in the main process) the item form does not reseed over it"
+    t = ImgAugTransform(iaa.Add((-50, 50)))
+    img = PILImage.create(imgs[0])
+    torch.manual_seed(0); reseed(t); a = [np.array(t(img, split_idx=0)) for _ in range(2)]
+    torch.manual_seed(0); reseed(t); b = [np.array(t(img, split_idx=0)) for _ in range(2)]
+    assert all((x == y).all() for x, y in zip(a, b)) and not (a[0] == a[1]).all()
+    torch.manual_seed(1); reseed(t, 7); c = np.array(t(img, split_idx=0))
+    torch.manual_seed(2); reseed(t, 7); assert (np.array(t(img, split_idx=0)) == c).all()
+
+
+def test_augment_batch_is_the_list_form(imgs):
+    "`augment_batch` on a uint8 array gives what the list form gives, with either executor, and sets OpenCV to one thread"
+    import cv2
+    t = ImgAugTransform(default_augmenter())
+    x = imgs[:16]
+    torch.manual_seed(4)
+    ref = np.stack([o[0].permute(1, 2, 0).numpy() for o in t([(TensorImage(torch.from_numpy(a).permute(2, 0, 1)), TensorCategory(0)) for a in x], split_idx=0)])
+    for impl in ('fast', 'imgaug'):
+        torch.manual_seed(4); assert np.array_equal(t.augment_batch(x.copy(), impl), ref), impl
+    assert cv2.getNumThreads() == 1
+    with pytest.raises(ValueError, match='impl'): t.augment_batch(x, 'gpu')

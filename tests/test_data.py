@@ -1,13 +1,13 @@
-"""Tests of tiny_fastai.data: layout checks and their errors, archives and downloads, the loaders and progressive resizing.
-Most run on the bundled sample; the full-dataset tests run when TINY_IMAGENET names the official archive or folder."""
-import http.server, os, shutil, subprocess, sys, tarfile, threading, warnings, zipfile
+"""Tests of tiny_fastai.data: reading the layout (`scan`), layout checks and their errors, undecodable images, archives
+and downloads, `make_subset`. Most run on the bundled sample; the full-dataset test runs when TINY_IMAGENET names the
+official archive or folder (the `full_path` fixture of conftest.py)."""
+import http.server, shutil, subprocess, sys, tarfile, threading, zipfile
 from pathlib import Path
-import numpy as np, pytest, torch
+import pytest
 from PIL import Image
-from fastai.vision.all import TfmdDL, DataLoaders
 import tiny_fastai.data as tdata
-from tiny_fastai.data import (URL_TINY, LayoutError, ArchiveError, DownloadError, check_layout, class_names, get_tiny_imagenet,
-                              make_subset, sample_path, tiny_dls, resize_dls, BatchResize, TINY_STATS)
+from tiny_fastai.data import (LayoutError, ArchiveError, DownloadError, Layout, scan, check_layout, class_names, get_tiny_imagenet,
+                              make_subset, sample_path, open_image)
 
 SAMPLE = sample_path()
 
@@ -22,18 +22,6 @@ def copy(tmp_path):
 
 def _annotations(path):
     return dict(l.split('\t')[:2] for l in (Path(path)/'val'/'val_annotations.txt').read_text().splitlines() if l.strip())
-
-
-def _vocab_labels(dls, ds):
-    "Readable label of every item of `ds`, without opening the images"
-    return [dls.vocab[int(y)] for y in ds.tls[1]]
-
-
-def _check_val_labels(dls, path):
-    ann, names = _annotations(path), class_names(path)
-    items, labels = dls.valid_ds.items, _vocab_labels(dls, dls.valid_ds)
-    assert len(items) == len(ann)
-    for f, lbl in zip(items, labels): assert lbl == names[ann[Path(f).name]], f
 
 
 # ---------------------------------------------------------------- the bundled sample
@@ -60,91 +48,29 @@ def test_class_names_readable_and_unique(copy):
     assert n2[w[0]] == f'crane ({w[0]})' and n2[w[1]] == f'crane ({w[1]})' and n2[w[2]] == w[2]
 
 
-def test_sample_dls():
-    dls = tiny_dls(SAMPLE, bs=32, num_workers=0)
-    names = class_names(SAMPLE)
-    assert (len(dls.train_ds), len(dls.valid_ds), dls.c) == (1000, 500, 10)
-    assert list(dls.vocab) == [names[w] for w in sorted(names)]
-    _check_val_labels(dls, SAMPLE)
-    tr = _vocab_labels(dls, dls.train_ds)
-    assert all(lbl == names[Path(f).parent.parent.name] for f, lbl in zip(dls.train_ds.items, tr))
-    xb, yb = dls.one_batch()
-    assert xb.shape == (32, 3, 64, 64) and yb.shape == (32,)
-    # normalised with the Tiny ImageNet statistics
-    xv, _ = dls.valid.one_batch()
-    m = torch.tensor(TINY_STATS[0])[None, :, None, None]; s = torch.tensor(TINY_STATS[1])[None, :, None, None]
-    raw = xv*s + m
-    assert 0 <= raw.min() and raw.max() <= 1.0001
-
-
-def test_resize_dls():
-    dls = tiny_dls(SAMPLE, bs=16, num_workers=0)
-    for sz in (16, 32, 64, (24, 40)):
-        d = resize_dls(dls, sz)
-        assert isinstance(d, DataLoaders) and len(d.loaders) == 2
-        assert d.path == dls.path and d.device == dls.device and list(d.vocab) == list(dls.vocab)
-        assert d.train_ds is dls.train_ds and d.valid_ds is dls.valid_ds
-        assert d.train.shuffle and not d.valid.shuffle and d.train.bs == 16
-        assert d.train.before_batch.fs == dls.train.before_batch.fs  # the same augmentation
-        hw = (sz, sz) if isinstance(sz, int) else sz
-        for dl in (d.train, d.valid):
-            xb, yb = dl.one_batch()
-            assert xb.shape == (16, 3, *hw) and yb.shape == (16,)
-    # the original loaders are unchanged
-    assert dls.one_batch()[0].shape[-1] == 64
-    # chained resizes replace the size instead of adding transforms
-    d2 = resize_dls(resize_dls(dls, 16), 32)
-    assert sum(isinstance(f, BatchResize) for f in d2.train.after_batch.fs) == 1
-
-
-def test_resize_dls_does_not_reread_folder(monkeypatch):
-    dls = tiny_dls(SAMPLE, bs=8, num_workers=0)
-    def boom(*a, **k): raise AssertionError('folder read again')
-    monkeypatch.setattr(tdata, '_scan', boom); monkeypatch.setattr(tdata.os, 'scandir', boom)
-    assert resize_dls(dls, 32).one_batch()[0].shape == (8, 3, 32, 32)
-
-
-def test_resize_dls_keeps_loader_class():
-    class MyDL(TfmdDL): pass
-    dls = tiny_dls(SAMPLE, bs=8, num_workers=0, dl_type=MyDL)
-    d = resize_dls(dls, 16)
-    assert all(type(dl) is MyDL for dl in d.loaders)
-    assert d.valid.one_batch()[0].shape == (8, 3, 16, 16)
-
-
-def test_odd_images_become_rgb_64(copy):
-    "Greyscale, CMYK, RGBA-PNG and odd-sized files all come out as 3x64x64"
-    fs = sorted((copy/'train').glob('*/images/*.JPEG'))[:4]
-    im = Image.open(fs[0]).convert('RGB')
-    im.convert('L').save(fs[0]); im.convert('CMYK').save(fs[1])
-    im.convert('RGBA').save(fs[2].with_suffix('.png')); fs[2].unlink()
-    im.resize((80, 50)).save(fs[3])
-    dls = tiny_dls(copy, bs=4, num_workers=0, aug=None)
-    items = list(dls.train_ds.items)
-    assert len(items) == 1000
-    idx = [items.index(f) for f in [fs[0], fs[1], fs[2].with_suffix('.png'), fs[3]]]
-    xb, yb = dls.train.after_batch(dls.train.create_batch([dls.train.do_item(i) for i in idx]))
-    assert xb.shape == (4, 3, 64, 64) and yb.shape == (4,)
-    g = xb[0]  # the greyscale one has equal channels
-    assert torch.allclose(g[0]*TINY_STATS[1][0] + TINY_STATS[0][0], g[1]*TINY_STATS[1][1] + TINY_STATS[0][1], atol=1e-4)
-
-
-def test_bad_arguments():
-    with pytest.raises(ValueError, match='bs'): tiny_dls(SAMPLE, bs=0)
-    with pytest.raises(ValueError, match='size'): tiny_dls(SAMPLE, size=0)
-    with pytest.raises(ValueError, match='aug'): tiny_dls(SAMPLE, aug='strong')
+def test_scan():
+    lay = scan(SAMPLE)
+    assert isinstance(lay, Layout) and lay.path == SAMPLE and lay.bad == []
+    assert lay.wnids == (SAMPLE/'wnids.txt').read_text().split() and lay.names == class_names(SAMPLE)
+    assert (len(lay.train), len(lay.valid)) == (1000, 500)
+    # train: class by class, file names sorted; valid: in val_annotations.txt order, labelled from it
+    assert lay.train == [(SAMPLE/'train'/w/'images'/f.name, w) for w in lay.wnids
+                         for f in sorted((SAMPLE/'train'/w/'images').iterdir(), key=lambda f: f.name)]
+    ann = _annotations(SAMPLE)
+    assert [f.name for f, _ in lay.valid] == list(ann) and all(ann[f.name] == w for f, w in lay.valid)
+    assert repr(lay).endswith(': 10 classes, 1000 train, 500 valid, 0 bad)')
 
 
 # ---------------------------------------------------------------- bad layouts: one clear error naming what is wrong
 
 def test_missing_path(tmp_path):
-    for f in (check_layout, tiny_dls, get_tiny_imagenet):
+    for f in (check_layout, scan, get_tiny_imagenet):
         with pytest.raises(LayoutError, match='does not exist'): f(tmp_path/'nope')
 
 
 def test_not_tiny_imagenet(tmp_path):
     (tmp_path/'stuff').mkdir(); (tmp_path/'stuff'/'a.txt').write_text('hi')
-    with pytest.raises(LayoutError, match='not a Tiny ImageNet folder: wnids.txt is missing'): tiny_dls(tmp_path/'stuff')
+    with pytest.raises(LayoutError, match='not a Tiny ImageNet folder: wnids.txt is missing'): scan(tmp_path/'stuff')
     with pytest.raises(LayoutError, match='is not a folder'): check_layout(tmp_path/'stuff'/'a.txt')
     with pytest.raises(LayoutError, match='neither a folder nor'): get_tiny_imagenet(tmp_path/'stuff'/'a.txt')
 
@@ -157,7 +83,7 @@ def test_parent_folder_hint(tmp_path, copy):
 def test_missing_class_folder(copy):
     w = sorted(class_names(copy))[3]
     shutil.rmtree(copy/'train'/w)
-    with pytest.raises(LayoutError, match=f'class folder train/{w}/images is missing'): tiny_dls(copy)
+    with pytest.raises(LayoutError, match=f'class folder train/{w}/images is missing'): scan(copy)
 
 
 def test_missing_val_annotations(copy):
@@ -168,7 +94,7 @@ def test_missing_val_annotations(copy):
 def test_annotation_names_missing_file(copy):
     f = sorted((copy/'val'/'images').iterdir())[0]
     f.unlink()
-    with pytest.raises(LayoutError, match=f'names val/images/{f.name}, which does not exist'): tiny_dls(copy)
+    with pytest.raises(LayoutError, match=f'names val/images/{f.name}, which does not exist'): scan(copy)
 
 
 def test_annotation_unknown_class(copy):
@@ -176,7 +102,7 @@ def test_annotation_unknown_class(copy):
     lines = ann.read_text().splitlines()
     lines[0] = '\t'.join([lines[0].split('\t')[0], 'n99999999'] + lines[0].split('\t')[2:])
     ann.write_text('\n'.join(lines) + '\n')
-    with pytest.raises(LayoutError, match='class n99999999 of .* is not in wnids.txt'): tiny_dls(copy)
+    with pytest.raises(LayoutError, match='class n99999999 of .* is not in wnids.txt'): scan(copy)
 
 
 def test_all_problems_listed_at_once(copy):
@@ -200,14 +126,14 @@ def test_undecodable_image(copy):
     msg = str(e.value)
     assert '2 image(s) cannot be decoded' in msg and bad.name in msg and junk.name in msg and 'skip_bad' in msg
     assert sorted(e.value.bad) == sorted([bad, junk])
-    with pytest.raises(LayoutError, match='cannot be decoded'): tiny_dls(copy, check_images=True)
-    with pytest.warns(UserWarning, match='skipped 2 undecodable'): dls = tiny_dls(copy, skip_bad=True, num_workers=0)
-    assert (len(dls.train_ds), len(dls.valid_ds)) == (999, 499) and sorted(dls.bad_files) == sorted([bad, junk])
+    with pytest.raises(LayoutError, match='cannot be decoded'): scan(copy, check_images=True)
+    lay = scan(copy, skip_bad=True)   # implies check_images
+    assert (len(lay.train), len(lay.valid)) == (999, 499) and sorted(lay.bad) == sorted([bad, junk])
+    assert bad not in [f for f, _ in lay.train] and junk not in [f for f, _ in lay.valid]
     assert check_layout(copy, check_images=True, skip_bad=True)['n_train'] == 999
-    # without the check, loading the file fails with a message naming it
-    dls = tiny_dls(copy, num_workers=0, aug=None)
-    i = list(dls.train_ds.items).index(bad)
-    with pytest.raises(LayoutError, match=f'cannot decode image .*{bad.name}'): dls.train_ds[i]
+    # without the check, opening the file fails with a message naming it
+    with pytest.raises(LayoutError, match=f'cannot decode image .*{bad.name}') as e: open_image(bad)
+    assert e.value.bad == [bad]
 
 
 # ---------------------------------------------------------------- archives and downloads
@@ -329,10 +255,6 @@ def test_corrupt_download_is_deleted(tmp_path, server):
     assert _leftovers(tmp_path/'arch') == [] and _leftovers(tmp_path/'data') == []
 
 
-def test_default_url():
-    assert URL_TINY == 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
-
-
 # ---------------------------------------------------------------- make_subset
 
 def test_make_subset(tmp_path):
@@ -351,26 +273,6 @@ def test_make_subset(tmp_path):
 
 # ---------------------------------------------------------------- the full dataset (TINY_IMAGENET)
 
-@pytest.fixture(scope='session')
-def full_path(tmp_path_factory):
-    src = os.environ.get('TINY_IMAGENET')
-    if not src: pytest.skip('set TINY_IMAGENET to the Tiny ImageNet archive or folder to run the full-dataset tests')
-    if Path(src).is_dir(): return get_tiny_imagenet(src)
-    return get_tiny_imagenet(src, dest=tmp_path_factory.mktemp('full'))
-
-
 def test_full_layout(full_path):
     r = check_layout(full_path, full=True)
     assert (r['n_classes'], r['n_train'], r['n_valid']) == (200, 100_000, 10_000)
-
-
-def test_full_dls(full_path):
-    dls = tiny_dls(full_path, bs=64, num_workers=0)
-    assert (len(dls.train_ds), len(dls.valid_ds), dls.c, len(set(dls.vocab))) == (100_000, 10_000, 200, 200)
-    assert 'goldfish' in dls.vocab
-    _check_val_labels(dls, full_path)
-    for sz in (16, 32, 64):
-        d = resize_dls(dls, sz)
-        for dl in (d.train, d.valid):
-            xb, yb = dl.one_batch()
-            assert xb.shape == (64, 3, sz, sz) and yb.shape == (64,)

@@ -96,7 +96,7 @@ def test_results_json(data, tmp_path):
 # ---------------------------------------------------------------- the GPU-oriented loop, on the CPU
 
 from fastai.vision.all import Callback, CancelFitException, OptimWrapper, combined_cos
-from tiny_fastai.data import tiny_dls
+from tiny_fastai.loaders import tiny_dls
 from tiny_fastai.train import (tiny_learner, progressive_fit, evaluate, get_opt, wd_splitter, cycle_slice, MixCut, EMA,
                                apply_ema, compile_model, export_learner, load_model_file, resolve_plan, HFlip, get_recipe)
 from tiny_fastai.models import check_rules, get_arch

@@ -94,7 +94,8 @@ def _train(a):
 def _evaluate(a):
     bs = _int(a.bs, 'bs', 1)
     from tiny_fastai.train import load_model_file, check_vocab, evaluate, _dls_size, cpu_setup
-    from tiny_fastai.data import get_tiny_imagenet, tiny_dls
+    from tiny_fastai.data import get_tiny_imagenet
+    from tiny_fastai.loaders import tiny_dls
     import torch
     nw = _int(a.workers, 'workers', 0)
     learn = load_model_file(a.model, cpu=not torch.cuda.is_available())

@@ -12,7 +12,8 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.learner import SkipToEpoch
 from torch.distributions.beta import Beta
 from PIL import Image, UnidentifiedImageError
-from .data import tiny_dls, resize_dls, sample_path, get_tiny_imagenet, BatchResize, URL_TINY
+from .data import sample_path, get_tiny_imagenet, URL_TINY
+from .loaders import tiny_dls, resize_dls, BatchResize
 from .models import get_arch, check_rules, ARCHS
 from .distrib import (init_distrib, distrib_training, rank0_first, on_rank0, broadcast_object, get_preds_all,
                                  local_bs, world_size)
@@ -678,11 +679,11 @@ def plot_history(history, fname=None):
 
 # %% ../nbs/04_train.ipynb #471d995f
 _DEFAULTS = dict(data=URL_TINY, mix=None, ls=0.1, wd=None, opt='adam', sched='stages', pct_start=0.25, lr_find_it=100,
-                 tta='aug', tta_n=4, aug=1.0, fast=True, ema=None, compile=False)
+                 tta='aug', tta_n=4, aug=1.0, cache=True, ema=None, compile=False)
 
 RECIPES = {
     'demo':   dict(_DEFAULTS, data=None, arch='tiny', sizes=(16,32,64), epochs=(2,2,4), lrs=(None,3e-3,2e-3), bs=64,
-                   lr_find_it=30, fast=False),
+                   lr_find_it=30, cache=False),
     'sprint': dict(_DEFAULTS, arch='dense', sizes=(32,48,64), epochs=(10,14,16), lrs=(0.4,0.4,0.4), bs=512, opt='sgd',
                    wd=5e-4, sched='one', pct_start=0.15, tta='flip'),
     'full':   dict(_DEFAULTS, arch='dense_wide', sizes=(32,48,64), epochs=(40,80,280), lrs=(0.2,0.2,0.2), bs=256, opt='sgd',
@@ -766,7 +767,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     if device.type == 'cpu': num_workers = cpu_setup(num_workers)
     set_seed(seed, reproducible=deterministic or device.type == 'cpu')   # on a GPU, cuDNN's autotuner unless asked
     if device.type == 'cuda' and not deterministic: torch.backends.cudnn.benchmark = True
-    dls = rank0_first(tiny_dls, path, size=r['sizes'][0], bs=local_bs(r['bs']), seed=seed, fast=r['fast'], num_workers=num_workers,
+    dls = rank0_first(tiny_dls, path, size=r['sizes'][0], bs=local_bs(r['bs']), seed=seed, cache=r['cache'], num_workers=num_workers,
                       skip_bad=skip_bad, device=device, check_images=True, aug=r['aug'], **(dls_kwargs or {}))
     learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], opt=r['opt'], ema=r['ema'], path=out, cbs=cbs,
                          compile=r['compile'] and device.type == 'cuda')   # compiling pays on a GPU only
