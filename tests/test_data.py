@@ -276,3 +276,48 @@ def test_make_subset(tmp_path):
 def test_full_layout(full_path):
     r = check_layout(full_path, full=True)
     assert (r['n_classes'], r['n_train'], r['n_valid']) == (200, 100_000, 10_000)
+
+
+# ---------------------------------------------------------------- nothing silently wrong (issue 11)
+
+def test_second_archive_is_not_served_the_first_ones_data(tmp_path):
+    "Two archives extracted to the same place: each call returns its own archive's data; the same archive is not re-extracted"
+    three = _targz(make_subset(SAMPLE, tmp_path/'s3'/'tiny-imagenet-200', n_classes=3, n_train=5, n_val=2), tmp_path/'three.tar.gz')
+    five = _targz(make_subset(SAMPLE, tmp_path/'s5'/'tiny-imagenet-200', n_classes=5, n_train=5, n_val=2), tmp_path/'five.tar.gz')
+    data = tmp_path/'data'
+    assert len(scan(get_tiny_imagenet(three, dest=data)).wnids) == 3
+    p = get_tiny_imagenet(five, dest=data)
+    assert len(scan(p).wnids) == 5 and tdata.extracted_from(p)['archive'] == str(five.resolve())
+    assert _leftovers(data) == ['tiny-imagenet-200']            # the other archive's folder is gone, no temp left
+    t = (p/'wnids.txt').stat().st_mtime_ns
+    assert get_tiny_imagenet(five, dest=data) == p and (p/'wnids.txt').stat().st_mtime_ns == t
+    assert len(scan(get_tiny_imagenet(three, dest=data)).wnids) == 3
+
+def test_empty_val_set_refused(copy):
+    (copy/'val'/'val_annotations.txt').write_text('')
+    for f in (copy/'val'/'images').iterdir(): f.unlink()
+    with pytest.raises(LayoutError, match='the val set is empty'): scan(copy)
+
+def test_text_files_from_other_editors(copy):
+    "wnids.txt, words.txt and val_annotations.txt with a BOM and Windows line ends (or UTF-16) read the same"
+    names = class_names(copy)
+    for f,enc in (('wnids.txt', 'utf-8-sig'), ('words.txt', 'utf-16'), ('val/val_annotations.txt', 'utf-8-sig')):
+        t = (copy/f).read_text()
+        (copy/f).write_bytes(t.replace('\n', '\r\n').encode(enc))
+    assert class_names(copy) == names and len(scan(copy).valid) == 500
+    (copy/'wnids.txt').write_bytes(b'\x81\x8d\x8f\x90 not text')
+    with pytest.raises(LayoutError, match=r'wnids.txt is not a text file'): scan(copy)
+
+def test_images_read_as_a_person_sees_them(tmp_path):
+    "16-bit greyscale, transparency, palettes with a transparent colour and EXIF rotation come out as they look"
+    import numpy as np
+    from tiny_fastai.data import to_rgb
+    g16 = tmp_path/'g16.png'; Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(g16)
+    assert abs(np.asarray(open_image(g16)).mean() - 128) < 2                 # mid-grey, not white
+    rgba = tmp_path/'t.png'; Image.new('RGBA', (8, 8), (0, 0, 0, 0)).save(rgba)
+    assert np.asarray(open_image(rgba)).min() == 255                       # transparent is white, not black
+    p = Image.new('P', (8, 8), 0); p.putpalette([0, 0, 0]*256); p.info['transparency'] = 0
+    assert np.asarray(to_rgb(p)).min() == 255
+    im = Image.new('RGB', (20, 10), (255, 0, 0)); ex = im.getexif(); ex[0x0112] = 6      # "rotate 90 degrees" in EXIF
+    f = tmp_path/'rot.jpg'; im.save(f, exif=ex)
+    assert open_image(f).size == (10, 20)

@@ -11,16 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+import hashlib, json
 from fastai.vision.all import *
 from fastai.data.external import fastai_cfg
 from fastdownload import download_url
 import tiny_fastai
 
 # %% auto #0
-__all__ = ['URL_TINY', 'TINY_STATS', 'LayoutError', 'ArchiveError', 'DownloadError', 'class_names', 'find_bad_images',
-           'open_image', 'Layout', 'scan', 'check_layout', 'make_subset', 'sample_path', 'get_tiny_imagenet',
-           'tiny_stats']
+__all__ = ['URL_TINY', 'TINY_STATS', 'SOURCE_FILE', 'LayoutError', 'ArchiveError', 'DownloadError', 'read_text', 'class_names',
+           'find_bad_images', 'to_rgb', 'open_image', 'Layout', 'scan', 'check_layout', 'make_subset', 'sample_path',
+           'archive_fingerprint', 'extracted_from', 'get_tiny_imagenet', 'tiny_stats']
 
 # %% ../nbs/00_data.ipynb #4781496e
 URL_TINY = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
@@ -45,16 +46,26 @@ def _img_files(folder):
     try: return sorted(e.name for e in os.scandir(folder) if e.is_file() and Path(e.name).suffix.lower() in image_extensions)
     except (FileNotFoundError, NotADirectoryError): return []
 
+def read_text(f) -> str:
+    "The text of `f` as other systems and editors write it (UTF-8 with or without BOM, UTF-16 with BOM, Windows-1252)"
+    b = Path(f).read_bytes()
+    if b.startswith((b'\xff\xfe', b'\xfe\xff')): encs = ['utf-16']
+    else: encs = ['utf-8-sig', 'cp1252']
+    for e in encs:
+        try: return b.decode(e)
+        except UnicodeDecodeError: pass
+    raise LayoutError(f"{f} is not a text file in UTF-8, UTF-16 or Windows-1252; save it as UTF-8")
+
 def _read_wnids(path):
     f = Path(path)/'wnids.txt'
     if not f.is_file(): raise LayoutError(f"{path} is not a Tiny ImageNet folder: {f.name} is missing "
         "(expected wnids.txt, words.txt, train/<wnid>/images/ and val/images/ with val/val_annotations.txt)")
-    return f.read_text().split()
+    return read_text(f).split()
 
 def _read_annotations(path):
     "List of (line number, file name, wnid) from `val/val_annotations.txt`, and the malformed lines"
     rows,bad = [],[]
-    for i,line in enumerate((Path(path)/'val'/'val_annotations.txt').read_text().splitlines(), 1):
+    for i,line in enumerate(read_text(Path(path)/'val'/'val_annotations.txt').splitlines(), 1):
         if not line.strip(): continue
         parts = line.split('\t') if '\t' in line else line.split()
         if len(parts) < 2: bad.append(f"val/val_annotations.txt line {i} is malformed: {line!r}")
@@ -68,7 +79,7 @@ def class_names(path) -> dict:
     words = {}
     f = path/'words.txt'
     if f.is_file():
-        for line in f.read_text().splitlines():
+        for line in read_text(f).splitlines():
             w,_,desc = line.partition('\t')
             if w in ws and desc.strip(): words[w] = desc.split(',')[0].strip()
     names = {w: words.get(w, w) for w in wnids}
@@ -89,9 +100,24 @@ def find_bad_images(files, n_workers:int=None) -> list:
     return [f for f,o in zip(files,ok) if not o]
 
 # %% ../nbs/00_data.ipynb #2627f684
+def to_rgb(im:Image.Image) -> Image.Image:
+    "`im` in RGB as a person sees it: EXIF orientation applied, transparency over white, 16-bit and float scaled to 8 bits"
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535. if im.mode.startswith('I;16') or a.max() > 255 else 255.
+        if im.mode == 'F' and a.max() <= 1.: hi = 1.
+        im = Image.fromarray(np.clip(a/hi*255 + 0.5, 0, 255).astype(np.uint8), 'L')
+    if im.mode == 'P' and 'transparency' in im.info: im = im.convert('RGBA')
+    if im.mode in ('RGBA', 'LA', 'PA'):
+        bg = Image.new('RGBA', im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im.convert('RGBA'))
+    return im.convert('RGB')
+
 def open_image(fn) -> PILImage:
-    "Open `fn` as an RGB `PILImage`, with an error naming the file if it cannot be decoded"
-    try: return PILImage.create(fn)
+    "Open `fn` as an RGB `PILImage` as a person sees it, with an error naming the file if it cannot be decoded"
+    try:
+        with Image.open(fn) as im: return PILImage(to_rgb(im))
     except Exception as e:
         raise LayoutError(f"cannot decode image {fn} ({type(e).__name__}: {e}); run check_layout(path, check_images=True) "
                           "to list all such files, and pass skip_bad=True (--skip-bad) to leave them out", bad=[fn]) from e
@@ -159,6 +185,7 @@ def _valid_items(path, wnids, full):
     if not vdir.is_dir(): return [],probs
     rows,bad_lines = _read_annotations(path)
     probs += bad_lines
+    if not rows and not bad_lines: probs.append("val/val_annotations.txt lists no images: the val set is empty (it scores the model)")
     items,ws,present,seen = [],set(wnids),set(_img_files(vdir)),set()
     for i,f,w in rows:
         if f in seen: probs.append(f"val/val_annotations.txt line {i}: {f} is listed twice"); continue
@@ -194,6 +221,8 @@ def scan(path,                   # a Tiny ImageNet folder in the official layout
         raise LayoutError(f"{path} is not a valid Tiny ImageNet folder ({len(probs)} problem(s)):\n - " +
                           "\n - ".join(probs[:max_list]) + more, problems=probs, bad=bad)
     bs = set(bad)
+    if bad and all(f in bs for f,_ in valid):
+        raise LayoutError(f"{path}: every val image is undecodable, so no val set is left to score the model", problems=[], bad=bad)
     return Layout(path, wnids, class_names(path), [o for o in train if o[0] not in bs], [o for o in valid if o[0] not in bs], bad)
 
 # %% ../nbs/00_data.ipynb #b14e8f7a
@@ -263,11 +292,11 @@ def _pid_alive(pid):
     except Exception: pass
     return True
 
-def _clean_partials(dest):
-    "Remove temporary folders left by extractions whose process is gone (killed)"
+def _clean_partials(dest, mine:bool=False):
+    "Remove temporary folders left by extractions whose process is gone (killed), and this process's own if `mine`"
     for d in Path(dest).glob('.tiny-imagenet-200.partial-*'):
         m = re.match(r'\.tiny-imagenet-200\.partial-(\d+)-', d.name)
-        if m and not _pid_alive(int(m.group(1))): shutil.rmtree(d, ignore_errors=True)
+        if m and (not _pid_alive(int(m.group(1))) or mine and int(m.group(1)) == os.getpid()): shutil.rmtree(d, ignore_errors=True)
 
 def _unpack(arch, out):
     try:
@@ -287,12 +316,31 @@ def _find_root(out):
         if d.is_dir() and (d/'wnids.txt').exists(): return d
     return None
 
+SOURCE_FILE = '.source.json'   # in an extracted folder: which archive it came from
+
+def archive_fingerprint(arch) -> dict:
+    "What identifies an archive cheaply: its size, modification time and a hash of its first and last MiB"
+    st,h = Path(arch).stat(),hashlib.sha1()
+    with open(arch, 'rb') as f:
+        h.update(f.read(2**20))
+        if st.st_size > 2**20: f.seek(max(2**20, st.st_size - 2**20)); h.update(f.read())
+    return dict(size=st.st_size, mtime_ns=st.st_mtime_ns, sha1_ends=h.hexdigest())
+
+def extracted_from(folder) -> dict:
+    "The record of the archive `folder` was extracted from (None if it has none)"
+    try: return json.loads((Path(folder)/SOURCE_FILE).read_text())
+    except (OSError, ValueError): return None
+
 def _extract(arch, dest):
     dest = Path(dest).expanduser(); final = dest/'tiny-imagenet-200'
+    fp = archive_fingerprint(arch)
     if final.exists():
         try: scan(final)
         except LayoutError as e: raise LayoutError(f"{final} exists but is not a valid extraction of {arch}; delete it and run again.\n{e}") from e
-        return final
+        src = extracted_from(final)
+        if src is not None and src.get('fingerprint') == fp: return final
+        print(f"tiny_fastai: {final} was extracted from {src['archive'] if src else 'an unrecorded archive'}, "
+              f"not from {arch}: extracting {arch} in its place", flush=True)
     dest.mkdir(parents=True, exist_ok=True)
     _clean_partials(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f'.tiny-imagenet-200.partial-{os.getpid()}-', dir=dest))
@@ -302,10 +350,15 @@ def _extract(arch, dest):
         if root is None: raise LayoutError(f"{arch} does not contain Tiny ImageNet (no wnids.txt at its top or in a top folder)")
         try: scan(root)
         except LayoutError as e: raise LayoutError(f"{arch} does not contain a valid Tiny ImageNet: {e}", e.problems) from e
+        (root/SOURCE_FILE).write_text(json.dumps(dict(archive=str(Path(arch).resolve()), fingerprint=fp)) + '\n')
+        if final.exists() and extracted_from(final) != extracted_from(root):   # the other archive's folder goes
+            final.rename(Path(tempfile.mkdtemp(prefix=f'.tiny-imagenet-200.partial-{os.getpid()}-', dir=dest))/'previous')
         try: root.rename(final)
         except OSError:
             if not final.exists(): raise   # else another process finished first: use its folder
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _clean_partials(dest, mine=True)
     return final
 
 # %% ../nbs/00_data.ipynb #1b37aaf8
