@@ -27,7 +27,8 @@ from fastai.vision.all import *
 from tiny_fastai.data import get_tiny_imagenet
 from tiny_fastai.loaders import tiny_dls, resize_dls
 from tiny_fastai.models import get_arch, count_macs
-from tiny_fastai.train import train_recipe, get_recipe, get_opt, wd_splitter, Checkpoint
+from tiny_fastai.recipe import train_recipe, get_recipe
+from tiny_fastai.learner import get_opt, wd_splitter, Checkpoint
 
 warnings.filterwarnings('ignore')
 

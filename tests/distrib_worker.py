@@ -9,6 +9,7 @@ from torch import nn
 from fastai.basics import *
 from fastai.callback.all import *
 from tiny_fastai.distrib import *
+from tiny_fastai.learner import evaluate   # the one evaluation, in and out of distributed runs
 
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(1)
@@ -55,7 +56,7 @@ with learn.no_bar():
     res['fastai_get_preds_right'] = bool(len(tg) == len(t) and (tg == t).all())
     res['plain'] = [p.tolist(), t.tolist()]
     res['outside'] = [o.tolist() for o in get_preds_all(learn)]
-    res['evaluate'] = evaluate_all(learn, tta=False)   # TTA needs fastai Datasets: tested with tiny_dls below
+    res['evaluate'] = evaluate(learn, tta=None)   # TTA needs fastai Datasets: tested with tiny_dls below
 
 # --- a NaN loss on rank 1 only: every rank must stop at the same batch
 learn = synth_learner()
@@ -95,6 +96,6 @@ if '--data' in sys.argv:
             n_train=len(dls.train_ds), n_valid=len(ta), batches=batches, targs_in_order=bool((ta == tp).all()),
             max_diff=float((pa-pp).abs().max()), recorded_acc=recorded_acc,
             plain_acc=float(accuracy(pp, tp)), params=checksum(learn.model),
-            evaluate=evaluate_all(learn, tta=True, n=1) if not fast else None)
+            evaluate=evaluate(learn, tta='aug', n=1) if not fast else None)
 
 (out/f'rank{rank}.json').write_text(json.dumps(res))

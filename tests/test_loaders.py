@@ -1,7 +1,7 @@
 """Tests of tiny_fastai.loaders: `tiny_dls` (labels, vocab, normalisation, odd images, errors) and `resize_dls`; with
 `cache=True`, the array cache (build, reuse, rebuild on change, bad images), the same items, labels and pixels as the
 DataBlock path, per-worker random states and kept workers, fastai integration (resize, show_batch, test_dl, training,
-TTA, export and predict); `find_max_bs` and a CPU run of bench/gpu.py (they move with `find_max_bs` to the learner).
+TTA, export and predict).
 The full-dataset tests run when TINY_IMAGENET names the archive or an extracted folder (conftest.py)."""
 import gc, json, pickle, shutil, time, warnings, weakref
 from pathlib import Path
@@ -14,8 +14,7 @@ from fastai.vision.all import (TensorImage, TensorCategory, TfmdDL, DataLoaders,
 import tiny_fastai.loaders as tloaders
 from tiny_fastai.augment import ImgAugTransform
 from tiny_fastai.data import TINY_STATS, LayoutError, scan, class_names, sample_path, make_subset, open_image
-from tiny_fastai.loaders import (tiny_dls, resize_dls, BatchResize, build_cache, ArrayCache, FastDL, default_cache_dir,
-                                 find_max_bs, _largest)
+from tiny_fastai.loaders import (tiny_dls, resize_dls, BatchResize, build_cache, ArrayCache, FastDL, default_cache_dir)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sample_path()
@@ -369,7 +368,8 @@ def test_resize_show_batch_test_dl(sample_dls):
 
 
 def test_learner_train_tta_export_predict(subset, tmp_path):
-    from tiny_fastai.train import tiny_learner, evaluate, export_learner, predict_files
+    from tiny_fastai.learner import tiny_learner, evaluate
+    from tiny_fastai.infer import export_learner, predict_files
     dls = tiny_dls(subset, size=32, bs=16, num_workers=0, seed=0, cache=True, cache_dir=tmp_path/'c', verbose=False)
     learn = tiny_learner(dls, 'tiny', path=tmp_path, checkpoint=None)
     learn.fit_one_cycle(1, 3e-3)
@@ -383,36 +383,6 @@ def test_learner_train_tta_export_predict(subset, tmp_path):
     cls,idx,probs = l2.predict(img)
     assert cls in dls.vocab and abs(float(probs.sum()) - 1) < 1e-4
     assert predict_files(l2, [img], k=2)[0]['top'][0][0] == cls
-
-
-# ---------------------------------------------------------------- find_max_bs (moves to the learner, with these tests)
-
-def test_largest_search():
-    tried = []
-    def fits(b): tried.append(b); return b <= 1000
-    assert _largest(fits, 64, 8192) == 1000 and len(tried) < 15
-    assert _largest(lambda b: b <= 1000, 64, 512) == 512
-    assert _largest(lambda b: b <= 5, 64, 512) == 0
-    assert _largest(lambda b: b <= 100, 256, 4096) == 96
-    assert _largest(lambda b: b <= 77, 8, 4096, multiple=1) == 77
-
-
-def test_find_max_bs_cpu(sample_dls):
-    from tiny_fastai.models import get_arch
-    learn = Learner(sample_dls[0], get_arch('tiny')(n_out=10), loss_func=CrossEntropyLossFlat())
-    with pytest.warns(UserWarning, match='not a GPU'): assert find_max_bs(learn, 64) == 32
-    with pytest.warns(UserWarning, match='not a GPU'): assert find_max_bs(learn, 64, cpu_bs=100) == 100
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
-def test_find_max_bs_gpu(sample_dls):
-    from tiny_fastai.models import get_arch
-    learn = Learner(sample_dls[0], get_arch('tiny')(n_out=10), loss_func=CrossEntropyLossFlat()).to('cuda')
-    w = [p.detach().clone() for p in learn.model.state_dict().values()]
-    bs = find_max_bs(learn, 64, max_bs=1024)
-    assert bs % 8 == 0 and 8 <= bs <= 1024
-    assert all(torch.equal(a, b) for a,b in zip(w, learn.model.state_dict().values()))   # weights and statistics untouched
-    assert all(p.grad is None for p in learn.model.parameters())
 
 
 # ---------------------------------------------------------------- the full dataset (TINY_IMAGENET)

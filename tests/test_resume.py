@@ -4,12 +4,13 @@ without retraining finished epochs, and with the same metrics as a run that was 
 import json, os, signal, subprocess, sys, pytest
 from pathlib import Path
 from tiny_fastai.data import make_subset, sample_path
-from tiny_fastai.train import train_recipe, read_checkpoint
+from tiny_fastai.recipe import train_recipe
+from tiny_fastai.learner import read_checkpoint
 
 # Runs `tiny-fastai train ARGS` in this process after arranging for it to SIGKILL itself at the point MODE.
 DRIVER = r'''
 import io, os, signal, sys
-import tiny_fastai.train as T
+import tiny_fastai.learner as T   # progressive_fit and atomic_save look resize_dls and torch up here
 from fastai.learner import Learner
 mode, args = sys.argv[1], sys.argv[2:]
 def die(): os.kill(os.getpid(), signal.SIGKILL)

@@ -14,9 +14,9 @@ from fastai.distributed import DistributedDL, DistributedTrainer, teardown_distr
 from fastai.learner import _ConstantFunc
 
 # %% auto #0
-__all__ = ['world_size', 'is_distributed', 'is_rank0', 'local_rank', 'rank0_only', 'init_distrib', 'broadcast_object', 'on_rank0',
-           'rank0_first', 'local_bs', 'DistribDL', 'DistribMetric', 'revert_sync_batchnorm', 'DistribTrainer',
-           'distrib_training', 'no_gather', 'get_preds_all', 'evaluate_all']
+__all__ = ['world_size', 'is_distributed', 'is_rank0', 'local_rank', 'rank0_only', 'rank0_print', 'init_distrib',
+           'broadcast_object', 'on_rank0', 'rank0_first', 'local_bs', 'DistribDL', 'DistribMetric',
+           'revert_sync_batchnorm', 'DistribTrainer', 'distrib_training', 'no_gather', 'get_preds_all']
 
 # %% ../nbs/07_distrib.ipynb #cf5f7f22
 def world_size() -> int:
@@ -40,6 +40,10 @@ def rank0_only(f):
     @functools.wraps(f)
     def _inner(*args, **kwargs): return f(*args, **kwargs) if is_rank0() else None
     return _inner
+
+def rank0_print(*args, **kwargs):
+    "`print` on rank 0 only, flushed (the progress messages of a run, once and at once)"
+    if is_rank0(): print(*args, flush=True, **kwargs)
 
 # %% ../nbs/07_distrib.ipynb #dd307d2d
 def _want_cuda(device=None) -> bool:
@@ -306,15 +310,3 @@ def get_preds_all(learn, dl=None, tta:bool=False, n:int=4, **kwargs):
         res = torch.empty_like(t); res[order] = t
         return res
     return _unshard(preds),_unshard(targs)
-
-def evaluate_all(learn, dl=None, tta:bool=True, n:int=4) -> dict:
-    "Top-1 and top-5 accuracy (and with TTA) of `learn` on every item of `dl` (default: the val set), the work split between ranks"
-    k = lambda p: min(5, p.shape[-1])
-    with learn.no_bar(), warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        p,t = get_preds_all(learn, dl)
-        res = dict(top1=accuracy(p, t).item(), top5=top_k_accuracy(p, t, k=k(p)).item(), n_valid=len(t))
-        if tta:
-            p,t = get_preds_all(learn, dl, tta=True, n=n)
-            res.update(top1_tta=accuracy(p, t).item(), top5_tta=top_k_accuracy(p, t, k=k(p)).item())
-    return res

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_loaders.ipynb #902fb6b7
 from __future__ import annotations
-import os, gc, time, hashlib, warnings, weakref, multiprocessing
+import os, time, hashlib, warnings, weakref, multiprocessing
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
@@ -13,7 +13,6 @@ from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 from fastai.data.load import _loaders   # the iterator classes that fastai's DataLoader.__iter__ uses
 from PIL import Image
 from fastai.vision.all import *
-from fastai.callback.fp16 import AMPMode
 import tiny_fastai
 try: import fcntl
 except ImportError: fcntl = None   # no lock on Windows
@@ -22,7 +21,7 @@ from .data import TINY_STATS, Layout, scan, open_image
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'ItemResize', 'BatchResize', 'tiny_datablock', 'default_cache_dir', 'ArrayCache', 'build_cache',
-           'FastDL', 'tiny_dls', 'resize_dls', 'find_max_bs']
+           'FastDL', 'tiny_dls', 'resize_dls']
 
 # %% ../nbs/03_loaders.ipynb #5d1e3f24
 class ItemResize(Resize):
@@ -342,64 +341,3 @@ def resize_dls(dls:DataLoaders, size) -> DataLoaders:
     for k in ('bad_files', 'cache_dir'):
         if hasattr(dls, k): setattr(res, k, getattr(dls, k))
     return res
-
-# %% ../nbs/03_loaders.ipynb #28688693
-def _largest(fits, start:int, max_bs:int, multiple:int=8) -> int:
-    "The largest multiple of `multiple` up to `max_bs` for which `fits(bs)` (0 if none), doubling from `start` then bisecting"
-    top = max_bs//multiple*multiple
-    bs,lo,hi = min(top, max(multiple, start//multiple*multiple)),0,None
-    while hi is None:
-        if not fits(bs): hi = bs
-        elif bs >= top: return bs
-        else: lo,bs = bs,min(2*bs, top)
-    while hi - lo > multiple:
-        mid = (lo + hi)//2//multiple*multiple
-        if fits(mid): lo = mid
-        else: hi = mid
-    return lo
-
-def _oom(e): return isinstance(e, torch.cuda.OutOfMemoryError) or any(m in str(e) for m in ('out of memory', 'ALLOC_FAILED'))
-
-def _try_bs(learn, bs, size, device):
-    "Forward and backward on a random batch of `bs` images of `size` px; False if the GPU runs out of memory"
-    model,x,y,loss = learn.model,None,None,None
-    mp = [c for c in learn.cbs if type(c).__name__ == 'MixedPrecision']
-    dtype = (torch.bfloat16 if AMPMode(mp[0].amp_mode) == AMPMode.BF16 else torch.float16) if mp else None
-    try:
-        x = torch.randn(bs, 3, size, size, device=device)
-        if any(type(c).__name__ == 'ChannelsLast' for c in learn.cbs): x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, len(learn.dls.vocab), (bs,), device=device)
-        with torch.autocast('cuda', dtype=dtype or torch.float16, enabled=dtype is not None): loss = learn.loss_func(model(x), y)
-        loss.backward()
-        torch.cuda.synchronize(device)
-        return True
-    except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-        if not _oom(e): raise
-        return False
-    finally:
-        x = y = loss = None
-        model.zero_grad(set_to_none=True)
-        gc.collect(); torch.cuda.empty_cache()
-
-def find_max_bs(learn, size:int=64, start:int=64, max_bs:int=8192, multiple:int=8, cpu_bs:int=None, verbose:bool=True) -> int:
-    "The largest batch size (a multiple of `multiple`, at most `max_bs`) whose forward+backward pass at `size` px fits on the GPU"
-    device = one_param(learn.model).device
-    if device.type != 'cuda':
-        bs = ifnone(cpu_bs, getattr(learn.dls, 'bs', None) or 64)
-        warnings.warn(f"find_max_bs: the model is on {device.type}, not a GPU: there is no GPU memory limit to find; "
-                      f"returning the default batch size {bs}")
-        return bs
-    model,state = learn.model,learn.model.training
-    grads = [p.grad for p in model.parameters()]
-    bufs = [b.detach().clone() for b in model.buffers()]   # batchnorm statistics: the random batches must not change them
-    model.train()
-    try: bs = _largest(lambda b: _try_bs(learn, b, size, device), start, max_bs, multiple)
-    finally:
-        with torch.no_grad():
-            for b,o in zip(model.buffers(), bufs): b.copy_(o)
-        for p,g in zip(model.parameters(), grads): p.grad = g
-        model.train(state); del bufs; gc.collect(); torch.cuda.empty_cache()
-    if bs == 0: raise RuntimeError(f"find_max_bs: not even a batch of {multiple} images of {size}px fits on {device}")
-    if verbose: print(f"find_max_bs: {bs} images of {size}px fit on {torch.cuda.get_device_name(device)}"
-                      + (f" (the limit max_bs={max_bs} was reached)" if bs + multiple > max_bs else ""))
-    return bs

@@ -1,11 +1,15 @@
-"""Training library (in-process, on a 5-class slice of the bundled sample): plans and settings refused before any data is
-read, lr=None uses lr_find, same seed -> same metrics, NaN stops the run and keeps the last good checkpoint, checkpoints
-of another run or corrupt ones are refused clearly."""
+"""tiny_fastai.recipe (`train_recipe` in-process, on a 5-class slice of the bundled sample): plans and settings refused
+before any data is read, lr=None uses lr_find, same seed -> same metrics, NaN stops the run and keeps the last good
+checkpoint, checkpoints of another run or corrupt ones are refused clearly, results.json, the presets obey the rules,
+the long-run loop resumes exactly, and Ctrl-C/SIGTERM finish the epoch, save and stop."""
 import json, os, signal, pytest, torch
 from pathlib import Path
 from fastai.learner import Learner
 from tiny_fastai.data import make_subset, sample_path
-from tiny_fastai.train import (train_recipe, read_checkpoint, PlanError, CheckpointError, NanLossError, CKPT_FORMAT)
+from tiny_fastai.recipe import train_recipe, resolve_plan, get_recipe
+from tiny_fastai.learner import read_checkpoint, PlanError, CheckpointError, NanLossError, CKPT_FORMAT
+from tiny_fastai.models import check_rules, get_arch
+from test_learner import _Stop, _Signal   # the callbacks that interrupt a run, shared with the learner's tests
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
@@ -92,17 +96,6 @@ def test_results_json(data, tmp_path):
     assert r['params'] > 0 and r['device'].startswith('cpu') and r['wall_s'] > 0
     assert (tmp_path/'history.csv').read_text().count('\n') == 3
 
-
-# ---------------------------------------------------------------- the GPU-oriented loop, on the CPU
-
-from fastai.vision.all import Callback, CancelFitException, OptimWrapper, combined_cos
-from tiny_fastai.loaders import tiny_dls
-from tiny_fastai.train import (tiny_learner, progressive_fit, evaluate, get_opt, wd_splitter, cycle_slice, MixCut, EMA,
-                               apply_ema, compile_model, export_learner, load_model_file, resolve_plan, HFlip, get_recipe)
-from tiny_fastai.models import check_rules, get_arch
-
-def _dls(data, size=32, bs=16): return tiny_dls(data, size=size, bs=bs, num_workers=0, seed=0)
-
 @pytest.mark.parametrize('kw,msg', [(dict(opt='lamb'), "unknown optimizer 'lamb'; use one of: adam, adamw, sgd"),
                                     (dict(sched='cosine'), "unknown schedule 'cosine'; use one of: stages, one"),
                                     (dict(tta='five'), "unknown tta 'five'; use one of: none, flip, aug"),
@@ -118,93 +111,6 @@ def test_presets_obey_the_rules():
         check_rules(get_arch(r['arch'])())
         assert sum(r['epochs']) <= 500
 
-def test_torch_optimizers_skip_wd_on_norms_and_biases(data):
-    "opt='sgd'/'adamw': PyTorch's optimizer through OptimWrapper, weight decay on conv weights only, driven by fastai's schedule"
-    for opt,cls in (('sgd', torch.optim.SGD), ('adamw', torch.optim.AdamW)):
-        learn = tiny_learner(_dls(data), 'tiny', opt=opt, wd=1e-3, checkpoint=None)
-        learn.fit_one_cycle(1, 0.05)
-        assert isinstance(learn.opt, OptimWrapper) and isinstance(learn.opt.opt, cls)
-        g0,g1 = learn.opt.opt.param_groups
-        assert g0['weight_decay'] == 1e-3 and g1['weight_decay'] == 0
-        assert all(p.ndim == 4 for p in g0['params']) and all(p.ndim == 1 for p in g1['params'])
-        assert g0['lr'] < 0.05/2 and learn.opt.hypers[0]['mom'] > 0.85   # fastai's one-cycle drives lr and momentum
-    assert get_opt('adam').__name__ == 'Adam'
-
-def test_one_cycle_across_stages_is_fit_one_cycles_schedule(data, tmp_path):
-    "sched='one': the learning rates of all stages, batch after batch, are those of one fit_one_cycle over all epochs"
-    learn = tiny_learner(_dls(data), 'tiny', opt='sgd', path=tmp_path)
-    progressive_fit(learn, [(16,1,0.1),(32,2,0.1)], sched='one', pct_start=0.3)
-    lrs = learn.recorder.lrs                       # the last stage's
-    n = len(lrs)//2                                # batches per epoch
-    f = combined_cos(0.3, 0.1/25, 0.1, 0.1/1e5)
-    expect = [f((n + i)/(3*n)) for i in range(2*n)]
-    assert lrs == pytest.approx(expect, rel=1e-6)
-    assert [h['lr'] for h in learn.checkpoint.history] == [0.1, 0.1, 0.1]
-
-def test_mixcut(data):
-    "MixCut mixes each batch with MixUp or CutMix and stops mixing for the last `off` of training"
-    learn = tiny_learner(_dls(data), 'tiny', checkpoint=None)
-    b = learn.dls.one_batch()
-    for p_cut,off in ((1., 0.), (0., 0.), (1., 1.)):
-        cb = MixCut(p_cut=p_cut, off=off)
-        learn.xb,learn.yb = (b[0].clone(),),(b[1],)
-        learn.pct_train,learn.iter,learn.n_iter = 0.,0,1
-        cb.learn = learn; cb.stack_y = True
-        cb.before_batch()
-        x = learn.xb[0]
-        if off == 1.: assert torch.equal(x, b[0]) and float(cb.lam) == 1.
-        elif p_cut == 1.:
-            changed = (x != b[0]).any(1)                                # pixels taken from other images: one box
-            ys,xs = changed.any(0).any(1).nonzero(),changed.any(0).any(0).nonzero()
-            if len(ys): assert changed.any(0)[ys.min():ys.max()+1, xs.min():xs.max()+1].float().mean() > 0.5
-            assert 0 <= float(cb.lam) <= 1
-        else: assert not torch.equal(x, b[0]) and cb.lam.shape == (len(x),)
-
-def test_ema_validates_exports_and_resumes(data, tmp_path):
-    "EMA: validation scores the averaged weights; apply_ema puts them in the model; the checkpoint keeps the average"
-    learn = tiny_learner(_dls(data), 'tiny', ema=0.9, path=tmp_path)
-    learn.fit_one_cycle(2, 3e-3)
-    ema = learn.ema
-    assert ema.n == 2*len(learn.dls.train)
-    live = [p.detach().clone() for p in learn.model.parameters()]
-    v = learn.validate()
-    assert all(torch.equal(a, b) for a,b in zip(live, learn.model.parameters()))   # swapped back after validating
-    st = read_checkpoint(learn.checkpoint.file)['ema']
-    assert st['n'] == ema.n and all(torch.equal(a, b) for a,b in zip(st['avg'], ema.avg))
-    apply_ema(learn)
-    assert not hasattr(learn, 'ema') and all(torch.equal(p.data, a) for p,a in zip(learn.model.parameters(), st['avg']))
-    assert learn.validate()[1] == pytest.approx(v[1])
-
-def test_flip_tta(data):
-    "tta='flip' averages the predictions for the images and their mirror images"
-    learn = tiny_learner(_dls(data), 'tiny', checkpoint=None)
-    learn.fit(1, 1e-3)
-    p,t = learn.get_preds()
-    pf,_ = learn.get_preds(cbs=[HFlip()])
-    r = evaluate(learn, tta='flip')
-    from tiny_fastai.train import top1
-    assert r['top1_tta'] == pytest.approx(top1((p+pf)/2, t).item()) and r['top1'] == pytest.approx(top1(p, t).item())
-    assert not torch.allclose(p, pf)
-
-def test_compile_model_same_outputs_and_exportable(data, tmp_path):
-    "compile_model keeps the model's outputs and state_dict; a learner with a compiled model exports and loads"
-    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    x = torch.randn(2, 3, 8, 8)
-    ref = m(x)
-    compile_model(m)
-    assert torch.allclose(m(x), ref, atol=1e-6) and list(m.state_dict()) == ['0.weight', '0.bias']
-    learn = tiny_learner(_dls(data), 'tiny', compile=True, checkpoint=None)
-    export_learner(learn, tmp_path/'m.pkl')
-    assert learn.model._compiled_call_impl is not None                   # still compiled after the export
-    assert len(load_model_file(tmp_path/'m.pkl').dls.vocab) == 5
-
-class _Stop(Callback):
-    "Interrupt the run after the checkpoint of epoch `at` was written (as a kill would, but in this process)"
-    order = 90
-    def __init__(self, at): self.at = at
-    def after_epoch(self):
-        if len(self.learn.checkpoint.history) == self.at: raise KeyboardInterrupt
-
 def test_long_run_features_resume_exactly(data, tmp_path):
     "The full recipe's loop (SGD, one cycle, MixCut, EMA, array cache) interrupted and resumed gives an uninterrupted run's metrics"
     kw = dict(data=data, arch='tiny', sizes=[16, 32], epochs=[1, 2], lrs=[0.05], bs=16, num_workers=0, seed=1, tta=False)
@@ -216,20 +122,6 @@ def test_long_run_features_resume_exactly(data, tmp_path):
         for k in METRICS: assert h[k] == pytest.approx(g[k], abs=1e-5), (h['epoch'], k)
     assert a['top1'] == pytest.approx(b['top1'], abs=1e-6)
 
-class _Signal(Callback):
-    "Send this process `sig` at the first batch of epoch `at` (of the current fit)"
-    def __init__(self, sig, at): self.sig,self.at = sig,at
-    def before_batch(self):
-        if self.training and self.epoch == self.at and self.iter == 0: os.kill(os.getpid(), self.sig)
-
-def test_checkpoints_throttled_but_always_at_the_end(data, tmp_path):
-    "With every_s large, only the end of a fit writes the checkpoint; history.csv follows every epoch"
-    learn = tiny_learner(_dls(data), 'tiny', ckpt_every=1e9, path=tmp_path)
-    with pytest.raises(KeyboardInterrupt): learn.fit(3, 1e-3, cbs=_Stop(2))
-    assert not learn.checkpoint.file.exists() and (tmp_path/'history.csv').read_text().count('\n') == 3
-    learn.fit(2, 1e-3)
-    assert len(read_checkpoint(learn.checkpoint.file)['history']) == 4
-
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_signal_finishes_the_epoch_saves_and_stops(data, tmp_path, sig):
     "Ctrl-C or SIGTERM: the epoch in progress finishes, the checkpoint is written, the run stops and resumes from there"
@@ -240,10 +132,3 @@ def test_signal_finishes_the_epoch_saves_and_stops(data, tmp_path, sig):
     assert len(read_checkpoint(tmp_path/'models'/'ckpt.pth')['history']) == 2
     res = train_recipe('demo', out=tmp_path, **kw)
     assert [h['run'] for h in res['history']] == [1, 1, 2, 2]
-
-def test_stale_signal_handler_steps_aside(data, tmp_path):
-    "After a fit that ended in an exception, Ctrl-C outside a fit interrupts at once as usual"
-    learn = tiny_learner(_dls(data), 'tiny', path=tmp_path)
-    with pytest.raises(KeyboardInterrupt): learn.fit(2, 1e-3, cbs=_Stop(1))
-    with pytest.raises(KeyboardInterrupt): os.kill(os.getpid(), signal.SIGINT); import time; time.sleep(1)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
