@@ -190,7 +190,9 @@ def main(argv=None):
     workers = a.workers if a.workers is not None else max(1, min(15, (os.cpu_count() or 2) - 1))
     steps,warmup = (3,1) if a.quick else (20,5)
     r = get_recipe('sprint')
-    if a.quick: r.update(arch='tiny', bs=16, sizes=(16,32), epochs=(1,2), lrs=(0.1,0.1))
+    if a.quick:
+        r.update(arch='tiny', bs=16, sizes=(16,32), epochs=(1,2), lrs=(0.1,0.1))
+        torch.set_num_threads(1)   # a test on a shared CPU: PyTorch's spinning threads would fight the other processes
     devname = f"{torch.cuda.get_device_name(dev)} ({torch.cuda.get_device_properties(dev).total_memory/2**30:.0f} GiB)" if gpu else 'cpu (no GPU)'
     cmd = 'python ' + ' '.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     plan = (f"data (uncapped), speed grid {a.speed_s:.0f} s, sprint until {a.budget_s - a.eval_s:.0f} s of the budget + "

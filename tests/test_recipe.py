@@ -19,13 +19,13 @@ FAST = dict(sizes=[16, 32], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False)
 METRICS = ('train_loss', 'valid_loss', 'top1', 'top5')
 
 @pytest.mark.parametrize('kw,msg', [
-    (dict(epochs=[200, 200, 101]), '501 epochs in all'),
+    (dict(epochs=[300, 201]), '501 epochs in all'),
     (dict(sizes=[64], epochs=[501]), 'the rules allow at most 500'),
     (dict(bs=0), 'batch size must be a positive integer, got 0'),
     (dict(lrs=[-1e-3]), 'learning rate must be a positive number'),
     (dict(preset='huge'), "unknown preset 'huge'; known presets: demo, sprint, full"),
     (dict(arch='resnet50'), "unknown arch 'resnet50'; known archs: tiny, small, medium, large, dense, dense_wide"),
-    (dict(epochs=[2, 2]), 'got 2 epoch count(s) for the 3 stages'),
+    (dict(epochs=[2, 2, 2]), 'got 3 epoch count(s) for the 2 stages'),
 ])
 def test_bad_settings_refused_before_data(tmp_path, kw, msg):
     "Every bad setting is refused with a message naming it, before the (here missing) data is looked at or anything written"
@@ -132,3 +132,45 @@ def test_signal_finishes_the_epoch_saves_and_stops(data, tmp_path, sig):
     assert len(read_checkpoint(tmp_path/'models'/'ckpt.pth')['history']) == 2
     res = train_recipe('demo', out=tmp_path, **kw)
     assert [h['run'] for h in res['history']] == [1, 1, 2, 2]
+
+
+# ---------------------------------------------------------------- nothing silently wrong (issue 11)
+
+def test_batch_larger_than_the_training_set_refused(data, tmp_path):
+    "bs above the number of training images would train nothing (fastai drops the incomplete batch): refused, naming --bs"
+    with pytest.raises(PlanError, match=r'batch size 256 is larger than the 100 training images.*--bs'):
+        train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'bs': 256})
+    assert not (tmp_path/'results.json').exists() and not (tmp_path/'model.pkl').exists()
+
+def test_finished_run_run_again_changes_nothing(data, tmp_path):
+    "The same command on a finished run keeps its results.json and model.pkl (no re-export at the first stage's size)"
+    a = train_recipe('demo', out=tmp_path, data=data, **FAST)
+    t,r = (tmp_path/'model.pkl').stat().st_mtime_ns,(tmp_path/'results.json').read_text()
+    b = train_recipe('demo', out=tmp_path, data=data, **FAST)
+    assert b['wall_s'] == a['wall_s'] and b['top1'] == a['top1']
+    assert (tmp_path/'model.pkl').stat().st_mtime_ns == t and (tmp_path/'results.json').read_text() == r
+
+def test_resume_with_other_data_refused(data, tmp_path):
+    "A checkpoint trained on other images (same class names) is not resumed on these"
+    other = make_subset(sample_path(), tmp_path/'other'/'tiny', n_classes=5, n_train=20, n_val=10, seed=0)
+    import shutil; f = sorted((other/'train').rglob('*.JPEG'))[0]; shutil.copy(f, f.with_name('extra_0.JPEG'))
+    with pytest.raises(KeyboardInterrupt): train_recipe('demo', out=tmp_path/'run', data=data, cbs=[_Stop(2)], **{**FAST, 'epochs': [2, 1]})
+    with pytest.raises(CheckpointError, match='data: checkpoint has'):
+        train_recipe('demo', out=tmp_path/'run', data=other, **{**FAST, 'epochs': [2, 1]})
+
+def test_finished_stages_keep_their_learning_rate(data, tmp_path):
+    "Resuming with another --lr changes only the stages not yet finished; results.json records what was run"
+    with pytest.raises(KeyboardInterrupt): train_recipe('demo', out=tmp_path, data=data, cbs=[_Stop(1)], **FAST)
+    res = train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'lrs': [1e-3]})
+    assert [s['lr'] for s in res['stages']] == [2e-3, 1e-3] and [h['lr'] for h in res['history']] == [2e-3, 1e-3]
+
+def test_restart_removes_the_old_results_first(data, tmp_path):
+    "--restart: a killed restart never leaves the old model and results beside the new checkpoint"
+    train_recipe('demo', out=tmp_path, data=data, **FAST)
+    with pytest.raises(KeyboardInterrupt): train_recipe('demo', out=tmp_path, data=data, restart=True, cbs=[_Stop(1)], **FAST)
+    assert not (tmp_path/'results.json').exists() and not (tmp_path/'model.pkl').exists()
+
+def test_results_json_is_strict_json():
+    from tiny_fastai.recipe import finite
+    s = json.dumps(finite(dict(top1=float('nan'), h=[dict(l=float('inf'))], ok=0.5)), allow_nan=False)
+    assert json.loads(s) == dict(top1=None, h=[dict(l=None)], ok=0.5)

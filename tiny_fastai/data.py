@@ -116,6 +116,8 @@ def to_rgb(im:Image.Image) -> Image.Image:
 
 def open_image(fn) -> PILImage:
     "Open `fn` as an RGB `PILImage` as a person sees it, with an error naming the file if it cannot be decoded"
+    if isinstance(fn, Image.Image): return PILImage(to_rgb(fn))   # already decoded (e.g. items of `test_dl`)
+    if not isinstance(fn, (str, os.PathLike)): return PILImage.create(fn)   # tensors, arrays, bytes: as fastai does
     try:
         with Image.open(fn) as im: return PILImage(to_rgb(im))
     except Exception as e:

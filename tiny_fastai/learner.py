@@ -579,6 +579,10 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
     want = dict(plan=[[s,n] for s,n,_ in plan], arch=getattr(learn, 'arch', None), **(config or {}))
     if sched != 'stages': want['sched'] = sched
     lrs,start,done,rng,runs,ended = [lr for *_,lr in plan],0,0,None,1,False
+    if len(learn.dls.train) == 0:
+        n,bs = len(learn.dls.train_ds),learn.dls.train.bs
+        raise PlanError(f"the batch size {bs} is larger than the {n} training images: fastai drops an incomplete last batch, "
+                        f"so there would be no training batch; use a batch size of at most {n} (--bs)")
     if is_rank0(): _clean_tmp(ck.file)
     state = on_rank0(lambda: read_checkpoint(ck.file) if resume and ck.file.exists() else None)
     if state is not None:
@@ -588,12 +592,14 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
                                       f"to resume it, or delete {ck.file.parent} (--restart) to start over")
         meta = load_checkpoint(learn, state)
         start,done,rng,runs = meta['stage'],meta['stage_epochs'],state['rng'],meta.get('runs', 1)+1
-        lrs = [lr if lr is not None else old for lr,old in zip(lrs, meta['lrs'])]
         ended = done >= plan[start][1]     # written at the end of a stage, before the next stage's loaders were made
         if ended: start,done = start+1,0
+        # finished stages keep the learning rates they were trained with; unfinished ones may get a new one (after a NaN)
+        lrs = [old if i < start or lr is None else lr for i,(lr,old) in enumerate(zip(lrs, meta['lrs']))]
         rank0_print(f"resuming from {ck.file}: {len(ck.history)} of {sum(n for _,n,_ in plan)} epochs done"
               + (f", stage {start+1} of {len(plan)} at epoch {done}" if start < len(plan) else ", all stages done"))
     ck.meta = dict(want, lrs=lrs, stage=start, stage_epochs=done, runs=runs)
+    n0 = len(ck.history)
     for i in range(start, len(plan)):
         size,n,_ = plan[i]
         if rng is not None and ended: set_rng_state(rng); rng = None         # checkpoint at the end of a stage
@@ -616,6 +622,8 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
         except NanLossError as e:
             e.args = (getattr(e, 'msg', e.args[0]),); raise
         done = 0
+    if dls_size(learn.dls) != plan[-1][0]: learn.dls = resize_dls(learn.dls, plan[-1][0])   # finished before: the last size
+    learn.epochs_trained = len(ck.history) - n0
     return learn
 
 # %% ../nbs/04_learner.ipynb #5165b293

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_recipe.ipynb #d2b0e004
 from __future__ import annotations
-import os, json, time, platform
+import os, json, time, math, hashlib, platform
 from pathlib import Path
 from fastai.vision.all import *
 from .data import sample_path, get_tiny_imagenet, URL_TINY
@@ -16,15 +16,15 @@ from .learner import (PlanError, check_plan, check_bs, check_seed, check_mix, ch
 from .infer import export_learner, load_model_file, check_vocab
 
 # %% auto #0
-__all__ = ['RECIPES', 'get_recipe', 'resolve_plan', 'cpu_setup', 'results_table', 'train_recipe', 'evaluate_model']
+__all__ = ['RECIPES', 'get_recipe', 'resolve_plan', 'cpu_setup', 'data_id', 'finite', 'results_table', 'train_recipe',
+           'evaluate_model']
 
 # %% ../nbs/06_recipe.ipynb #471d995f
 _DEFAULTS = dict(data=URL_TINY, mix=None, ls=0.1, wd=None, opt='adam', sched='stages', pct_start=0.25, lr_find_it=100,
                  tta='aug', tta_n=4, aug=1.0, cache=True, ema=None, compile=False)
 
 RECIPES = {
-    'demo':   dict(_DEFAULTS, data=None, arch='tiny', sizes=(16,32,64), epochs=(2,2,4), lrs=(None,3e-3,2e-3), bs=64,
-                   lr_find_it=30, cache=False),
+    'demo':   dict(_DEFAULTS, data=None, arch='tiny', sizes=(32,64), epochs=(6,2), lrs=(1e-2,3e-3), bs=64),
     'sprint': dict(_DEFAULTS, arch='dense', sizes=(32,48,64), epochs=(10,14,16), lrs=(0.4,0.4,0.4), bs=512, opt='sgd',
                    wd=5e-4, sched='one', pct_start=0.15, tta='flip'),
     'full':   dict(_DEFAULTS, arch='dense_wide', sizes=(32,48,64), epochs=(40,80,280), lrs=(0.2,0.2,0.2), bs=256, opt='sgd',
@@ -81,6 +81,20 @@ def cpu_setup(num_workers:int=None) -> int:
     torch.set_num_threads(max(1, n - num_workers))
     return num_workers
 
+def data_id(dls) -> str:
+    "A fingerprint of the images and classes of `dls`: a checkpoint trained on other data is not resumed on these"
+    h = hashlib.sha1('\n'.join(map(str, dls.vocab)).encode())
+    for ds in (dls.train_ds, dls.valid_ds):
+        h.update('\n'.join(sorted(f'{Path(f).parent.name}/{Path(f).name}' for f in ds.items)).encode())
+    return h.hexdigest()[:12]
+
+def finite(o):
+    "`o` with NaN and infinite floats (nested in dicts and lists) replaced by None: results.json is strict JSON"
+    if isinstance(o, float): return o if math.isfinite(o) else None
+    if isinstance(o, dict): return {k: finite(v) for k,v in o.items()}
+    if isinstance(o, (list, tuple)): return [finite(v) for v in o]
+    return o
+
 def results_table(res) -> str:
     "A short markdown table of a run's results"
     f = lambda v: '-' if v is None else f'{v:.3f}'
@@ -112,15 +126,20 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
                       skip_bad=skip_bad, device=device, check_images=True, aug=r['aug'], **(dls_kwargs or {}))
     learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], opt=r['opt'], ema=r['ema'], path=out, cbs=cbs,
                          compile=r['compile'] and device.type == 'cuda')   # compiling pays on a GPU only
-    if restart and is_rank0():
-        learn.checkpoint.file.unlink(missing_ok=True); (out/'history.csv').unlink(missing_ok=True)
-    config = dict(bs=r['bs'], mix=r['mix'], ls=r['ls'], seed=seed, **{k: r[k] for k in ('opt', 'ema') if r[k] != _DEFAULTS[k]})
+    if restart and is_rank0():   # nothing of the old run stays beside the new checkpoint
+        for f in [learn.checkpoint.file, *[out/n for n in ('history.csv', 'results.json', 'model.pkl', 'history.png')],
+                  *out.glob('lr_find_*.png')]: Path(f).unlink(missing_ok=True)
+    config = dict(bs=r['bs'], mix=r['mix'], ls=r['ls'], seed=seed, data=data_id(dls),
+                  **{k: r[k] for k in ('opt', 'ema') if r[k] != _DEFAULTS[k]})
     rank0_print(f"{preset}: {r['arch']} ({learn.rules['params']:,} params), {len(dls.vocab)} classes, {len(dls.train_ds):,} train / "
          f"{len(dls.valid_ds):,} val images from {path}, on {_device_name(dls)}")
     with distrib_training(learn):
         progressive_fit(learn, r['stages'], config=config, pct_start=r['pct_start'], sched=r['sched'],
                         lr_find_kw=dict(num_it=r['lr_find_it']))
     ck = learn.checkpoint
+    if learn.epochs_trained == 0 and (out/'results.json').exists():   # a finished run run again changes nothing
+        rank0_print(f"{out} holds a finished run: its results.json and model.pkl are kept as they are")
+        return json.loads((out/'results.json').read_text())
     apply_ema(learn)   # evaluate and export the averaged weights
     rank0_print("evaluating on the val set" + (f" (with {tta} TTA)" if tta else ""))
     ev = evaluate(learn, size=r['sizes'][-1], tta=tta, n=r['tta_n'])
@@ -135,7 +154,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
         plot_history(ck.history, out/'history.png')
         res['files'] = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith('.')) + ['results.json']
         res['files'] = sorted(set(res['files']))
-        atomic_save(json.dumps(res, indent=1) + '\n', out/'results.json', text=True)
+        atomic_save(json.dumps(finite(res), indent=1, allow_nan=False) + '\n', out/'results.json', text=True)
     return res
 
 # %% ../nbs/06_recipe.ipynb #d2b0e008
