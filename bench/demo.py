@@ -10,7 +10,8 @@ run, and the load average before and after each. Rows run one after another in o
 """
 import argparse, os, platform, sys, time, tempfile, warnings
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
+from common import cpu_model, load, machine   # (and the checkout on the path)
 import torch
 warnings.filterwarnings('ignore')
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, aug_transforms, Normalize, imagenet_stats, Resize,
@@ -18,7 +19,6 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, aug_transfo
 from tiny_fastai.data import scan, sample_path
 from tiny_fastai.recipe import train_recipe
 
-def load(): return '/'.join(f'{x:.1f}' for x in os.getloadavg())
 
 def stock(path, size, epochs, bs=64, lr=3e-3, seed=42, workers=None):
     "Stock fastai on the same images and labels: aug_transforms at `size`, xresnet18, fit_one_cycle"

@@ -20,7 +20,8 @@ DATA: Tiny ImageNet as a .tar.gz/.zip archive or an extracted folder. On a CPU, 
 on DATA (e.g. the bundled sample) with the tiny preset, for testing."""
 import argparse, json, os, platform, shutil, sys, tempfile, time, traceback, warnings
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
+from common import cpu_model, load, machine   # (and the checkout on the path)
 T0 = time.time()
 import torch, torch.nn.functional as F
 from fastai.vision.all import *
@@ -32,9 +33,6 @@ from tiny_fastai.learner import get_opt, wd_splitter, Checkpoint
 
 warnings.filterwarnings('ignore')
 
-def cpu_model():
-    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): return platform.processor() or 'unknown'
 
 def elapsed(): return time.time() - T0
 

@@ -6,17 +6,12 @@ over the training loader (default augmentation) at each size, printed as a markd
 PATH: the Tiny ImageNet archive or folder (default: $TINY_IMAGENET)."""
 import argparse, os, platform, subprocess, sys, time, warnings
 warnings.filterwarnings('ignore', category=FutureWarning)
+from common import cpu_model   # bench/common.py (and the checkout on the path)
 import torch, fastai
 from tiny_fastai.data import get_tiny_imagenet
 from tiny_fastai.loaders import tiny_dls, resize_dls
 
 
-def cpu_model():
-    try:
-        for l in open('/proc/cpuinfo'):
-            if l.startswith('model name'): return l.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or platform.machine()
 
 
 def main():

@@ -13,7 +13,8 @@ The main process runs the batch transforms with `--threads` PyTorch threads (def
 workers, more threads only spin; the same setting for both paths)."""
 import argparse, gc, os, platform, resource, sys, time, warnings
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
+from common import cpu_model, load, machine   # bench/common.py (and the checkout on the path)
 import torch
 from tiny_fastai.data import get_tiny_imagenet
 from tiny_fastai.loaders import tiny_dls
@@ -22,17 +23,6 @@ warnings.filterwarnings('ignore')
 PATHS = {'datablock': "DataBlock (`tiny_dls`)", 'fast': "fast (`tiny_dls(cache=True)`)",
          'fast-imgaug': "fast, imgaug's own executor (`aug_impl='imgaug'`)"}
 
-def cpu_model():
-    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): return platform.processor() or 'unknown'
-
-def machine():
-    mem = ''
-    try: mem = f", {int(next(l.split()[1] for l in open('/proc/meminfo') if l.startswith('MemTotal')))/2**20:.0f} GB RAM"
-    except (OSError, StopIteration): pass
-    return f"{cpu_model()}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
-
-def load(): return ' '.join(f'{v:.1f}' for v in os.getloadavg())
 
 def cpu_s():
     "CPU seconds used so far by this process and its finished children (the loader workers, once a pass is over)"

@@ -5,7 +5,8 @@ Usage: python bench/models.py [--size 64] [--bs 64] [--iters 5] [--warmup 2] [--
 Prints a markdown table, the command line and the machine it ran on."""
 import argparse, os, platform, statistics, sys, time, warnings
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
+from common import cpu_model, load, machine   # (and the checkout on the path)
 import torch, torch.nn as nn
 from fastai.vision.models.xresnet import xresnet18, xresnet34
 from tiny_fastai.models import ARCHS, count_macs
@@ -13,9 +14,6 @@ from tiny_fastai.models import ARCHS, count_macs
 warnings.filterwarnings('ignore')
 FASTAI = {'xresnet18 (fastai)': xresnet18, 'xresnet34 (fastai)': xresnet34}
 
-def cpu_model():
-    try: return next(l.split(':',1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): return platform.processor() or 'unknown'
 
 class Stepper:
     "One model with its SGD optimizer and a fixed random batch; `__call__` times one training step"

@@ -2,11 +2,22 @@
 
 `python tools/run_nb.py nbs/02_models.ipynb [...]` executes each notebook with execnb (nbdev's own runner, so no
 Jupyter server is needed), in the notebook's folder, and writes it back with the new outputs; cells marked
-`#| eval: false` are kept as they are. Run `nbdev-clean` afterwards, as before any commit."""
-import os, sys, time
+`#| eval: false` or `#| slow` (downloads, hours-long runs: what `nbdev-test` skips too) are kept as they are. Run `nbdev-clean` afterwards, as before any commit."""
+import base64, io, os, sys, time
 from pathlib import Path
+from PIL import Image
 from fastcore.nbio import read_nb, write_nb   # execnb 0.3 moved them to fastcore
 from execnb.shell import CaptureShell
+
+def small_pictures(cell, max_width:int=640, quality:int=70):
+    "Re-encode the cell's PNG pictures as JPEG, at most `max_width` px wide: outputs stay a few tens of KB"
+    for o in cell.get('outputs', []):
+        data = o.get('data', {})
+        if 'image/png' not in data: continue
+        im = Image.open(io.BytesIO(base64.b64decode(data['image/png']))).convert('RGB')
+        if im.width > max_width: im = im.resize((max_width, round(im.height*max_width/im.width)), Image.LANCZOS)
+        buf = io.BytesIO(); im.save(buf, 'JPEG', quality=quality, optimize=True)
+        del data['image/png']; data['image/jpeg'] = base64.b64encode(buf.getvalue()).decode()
 
 def run(path):
     path = Path(path).resolve()
@@ -14,10 +25,12 @@ def run(path):
     os.chdir(path.parent)
     try:
         sh = CaptureShell()
+        sh.run('import tiny_fastai')   # as an installed package would be: it silences fastai's import-time warnings
         for c in nb.cells:
-            if c.cell_type != 'code' or '#| eval: false' in c.source: continue
+            if c.cell_type != 'code' or '#| eval: false' in c.source or '#| slow' in c.source: continue
             sh.cell(c)
             if sh.exc: raise RuntimeError(f"{path.name}: a cell failed:\n{c.source[:500]}\n{sh.exc}")
+            small_pictures(c)
     finally: os.chdir(cwd)
     write_nb(nb, path)
     print(f"{path.name}: ran in {time.time()-t:.0f} s, outputs stored")
