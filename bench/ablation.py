@@ -23,7 +23,7 @@ import argparse, json, os, sys, tempfile, time, warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from accuracy import cpu_name, _load
+from common import cpu_model as cpu_name, load   # bench/common.py
 
 ROWS = {  # cumulative: each row adds one change to the row before it
     'a': dict(label='(a) baseline: one-cycle per stage, Adam', sched='stages', opt='adam', mix=None, ema=None),
@@ -99,13 +99,13 @@ def main(argv=None):
         full = get_tiny_imagenet(a.data, dest=tmp/'full') if not Path(a.data).is_dir() else get_tiny_imagenet(a.data)
         make_subset(full, sub, n_classes=a.classes, n_train=500, n_val=50, seed=0)
     seeds, rows = [int(s) for s in a.seeds.split(',')], [r for r in a.rows if r in ROWS]
-    load0, t0, res = _load(), time.time(), {}
+    load0, t0, res = load(', '), time.time(), {}
     for seed in seeds:
         for k in rows:
             r = run_row(sub, ROWS[k], a, seed, tmp/f'{k}-{seed}')
             res[(k, seed)] = r
             print(f"{ROWS[k]['label']}, seed {seed}: top-1 {r['top1']:.3f}, flip {r['top1_flip']:.3f}, aug {r['top1_aug']:.3f}, "
-                  f"train {r['train_s']:.0f} s, eval {r['eval_s']:.0f} s; load average {_load()}", flush=True)
+                  f"train {r['train_s']:.0f} s, eval {r['eval_s']:.0f} s; load average {load(', ')}", flush=True)
             if a.json: Path(a.json).write_text(json.dumps({f'{k}-{s}': v for (k, s), v in res.items()}, indent=1) + '\n')
     r0 = next(iter(res.values()))
     print(f"\n`python bench/ablation.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {os.cpu_count()} cores "
@@ -113,7 +113,7 @@ def main(argv=None):
           f"{a.num_workers} loader worker(s); {a.classes} classes x 500 train / {r0['n_valid']} val images; sep_xresnet_{a.arch} "
           f"({r0['params']:,} params), sizes {a.sizes} px x epochs {a.epochs} ({r0['steps']} steps of bs {a.bs}), "
           f"pct_start {a.pct_start}, label smoothing 0.1, EMA decay {a.ema}, aug TTA n={a.tta_n}, seeds {a.seeds}; "
-          f"{time.time()-t0:.0f} s in all; load average {load0} at the start, {_load()} at the end\n")
+          f"{time.time()-t0:.0f} s in all; load average {load0} at the start, {load(', ')} at the end\n")
     print(table(res, rows, seeds))
     if len(seeds) > 1:
         d = [abs(res[(k, seeds[0])]['top1'] - res[(k, seeds[1])]['top1']) for k in rows if (k, seeds[1]) in res]

@@ -21,14 +21,8 @@ PATH defaults to $TINY_IMAGENET.
 """
 import argparse, os, platform, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
-
-
-def cpu_name():
-    try:
-        for l in Path('/proc/cpuinfo').read_text().splitlines():
-            if l.startswith('model name'): return l.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or 'unknown CPU'
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_model as cpu_name, load   # bench/common.py (and the checkout on the path)
 
 
 def baseline(path, sizes, epochs, lr, bs, seed, num_workers, budget_s=None, probe_batches=40):
@@ -116,31 +110,27 @@ def _setup(a):
     return sizes, epochs, tmp, sub
 
 
-def _load():
-    try: return ', '.join(f'{x:.2f}' for x in os.getloadavg())
-    except OSError: return '?'
-
 
 def equal_time(a, argv):
     "Ours with its stages, then the baseline at each of `--baseline-sizes` with the seconds ours took"
     import torch, fastai
     sizes, epochs, tmp, sub = _setup(a)
-    load0 = _load()
+    load0 = load(', ')
     t0 = time.time()
     o = ours(sub, sizes, epochs, a.lr, a.bs, a.seed, a.num_workers, a.arch, tmp/'ours', fast=not a.datablock)
     o['wall_s'] = time.time() - t0
-    print(f"ours: top-1 {o['top1']:.3f}, {o['wall_s']:.0f} s; load average {_load()}", flush=True)
+    print(f"ours: top-1 {o['top1']:.3f}, {o['wall_s']:.0f} s; load average {load(', ')}", flush=True)
     rows = []
     for size in [int(s) for s in a.baseline_sizes.split(',')]:
         r = baseline(sub, [size], None, a.lr, a.bs, a.seed, a.num_workers, budget_s=o['wall_s'], probe_batches=a.probe_batches)
         r['wall_s'] = time.time() - r.pop('t0') - r['probe_s']
-        print(f"baseline {size} px x{r['epochs']}: top-1 {r['top1']:.3f}, {r['wall_s']:.0f} s; load average {_load()}", flush=True)
+        print(f"baseline {size} px x{r['epochs']}: top-1 {r['top1']:.3f}, {r['wall_s']:.0f} s; load average {load(', ')}", flush=True)
         rows.append(r)
     best = max(rows, key=lambda r: r['top1'])
     print(f"\n`python bench/accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {os.cpu_count()} cores "
           f"({cpu_name()}), torch {torch.__version__}, fastai {fastai.__version__}, {torch.get_num_threads()} torch thread(s), "
           f"{a.num_workers} loader worker(s), {a.classes} classes x 500 train / 50 val, bs {a.bs}, lr {a.lr}, seed {a.seed}; "
-          f"load average {load0} at the start, {_load()} at the end\n")
+          f"load average {load0} at the start, {load(', ')} at the end\n")
     print('| recipe | params | sizes x epochs | top-1 | top-5 | wall time | one epoch (est.) |\n|---|---|---|---|---|---|---|')
     plan = ', '.join(f'{s} px x{n}' for s, n in zip(sizes, epochs))
     print(f"| tiny_fastai: sep_xresnet_{a.arch}, imgaug, label smoothing, progressive_fit | {o['params']/1e6:.2f}M | {plan} | "
