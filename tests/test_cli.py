@@ -88,6 +88,9 @@ def test_evaluate_in_new_process(demo):
     ev, res = json.loads(r.stdout), json.loads((out/'results.json').read_text())
     assert ev['n_valid'] == 500 and ev['top1'] == pytest.approx(res['top1'], abs=1e-6)
     assert ev['top5'] == pytest.approx(res['top5'], abs=1e-6)
+    r = cli('evaluate', out/'model.pkl', '--json', '--no-tta')     # without --data: the data it was trained on
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)['top1'] == pytest.approx(res['top1'], abs=1e-6)
 
 def test_model_file_errors(demo, tmp_path):
     "A model file that is not a learner export, or one exported for another set of classes, gives one clear line"

@@ -158,9 +158,13 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     return res
 
 # %% ../nbs/06_recipe.ipynb #d2b0e008
-def evaluate_model(model, data, bs:int=128, num_workers:int=None, tta=True, seed:int=42) -> dict:
-    "Top-1/top-5 (plain and with `tta`) of the exported learner in the file `model` on the val set of the Tiny ImageNet `data`"
+def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True, seed:int=42) -> dict:
+    "Top-1/top-5 (plain and with `tta`) of the exported learner in the file `model` on the val set of `data` (default: its own)"
     learn = load_model_file(model, cpu=not torch.cuda.is_available())
+    if data is None:   # a model knows the data it was trained on
+        data = Path(learn.dls.path)
+        if not (data/'wnids.txt').exists():
+            raise PlanError(f"{model} was trained on {data}, which is not on this machine: give the data (--data)")
     if not torch.cuda.is_available(): num_workers = cpu_setup(num_workers)
     path = get_tiny_imagenet(data)
     size = dls_size(learn.dls) or 64
