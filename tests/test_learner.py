@@ -6,7 +6,7 @@ from pathlib import Path
 from fastai.vision.all import (Callback, CancelFitException, OptimWrapper, combined_cos, Learner, CrossEntropyLossFlat)
 from tiny_fastai.data import make_subset, sample_path
 from tiny_fastai.loaders import tiny_dls
-from tiny_fastai.learner import (read_checkpoint, tiny_learner, progressive_fit, evaluate, get_opt, wd_splitter, cycle_slice,
+from tiny_fastai.learner import (read_checkpoint, CheckpointError, CKPT_FORMAT, tiny_learner, progressive_fit, evaluate, get_opt, wd_splitter, cycle_slice,
                                  MixCut, EMA, apply_ema, compile_model, HFlip, top1, find_max_bs, _largest)
 from tiny_fastai.infer import export_learner, load_model_file
 
@@ -157,3 +157,16 @@ def test_find_max_bs_gpu(sample_dls):
     assert bs % 8 == 0 and 8 <= bs <= 1024
     assert all(torch.equal(a, b) for a,b in zip(w, learn.model.state_dict().values()))   # weights and statistics untouched
     assert all(p.grad is None for p in learn.model.parameters())
+
+def test_checkpoint_is_data_only(data, tmp_path):
+    "Checkpoints load with weights_only=True; a pickle placed as the checkpoint is refused without running its code"
+    learn = tiny_learner(_dls(data), 'tiny', opt='sgd', ema=0.9, path=tmp_path)
+    learn.fit_one_cycle(1, 1e-2)
+    st = torch.load(learn.checkpoint.file, weights_only=True)
+    assert st['history'] and st['ema']['avg'] and isinstance(st['rng']['numpy_state'][1], torch.Tensor)
+    import pickle
+    class Evil:
+        def __reduce__(self): return (os.system, (f"touch {tmp_path/'pwned'}",))
+    learn.checkpoint.file.write_bytes(pickle.dumps({'format': CKPT_FORMAT, 'x': Evil()}))
+    with pytest.raises(CheckpointError, match='would run code'): read_checkpoint(learn.checkpoint.file)
+    assert not (tmp_path/'pwned').exists()

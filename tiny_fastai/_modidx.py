@@ -241,6 +241,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'tiny_fastai.learner.get_opt': ('learner.html#get_opt', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.history_csv': ('learner.html#history_csv', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.load_checkpoint': ('learner.html#load_checkpoint', 'tiny_fastai/learner.py'),
+                                     'tiny_fastai.learner.plain': ('learner.html#plain', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.plot_history': ('learner.html#plot_history', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.progressive_fit': ('learner.html#progressive_fit', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.read_checkpoint': ('learner.html#read_checkpoint', 'tiny_fastai/learner.py'),

@@ -4,7 +4,8 @@
 
 # %% ../nbs/04_learner.ipynb #b76d87bd
 from __future__ import annotations
-import os, gc, time, math, warnings, signal, threading
+import os, gc, time, math, pickle, warnings, signal, threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from fastai.vision.all import *
@@ -19,7 +20,7 @@ from .distrib import is_rank0, rank0_only, rank0_print, on_rank0, broadcast_obje
 
 # %% auto #0
 __all__ = ['MAX_EPOCHS', 'CKPT_FORMAT', 'OPTS', 'MIXES', 'SCHEDS', 'TTAS', 'PlanError', 'CheckpointError', 'NanLossError',
-           'check_plan', 'check_bs', 'check_seed', 'top1', 'top5', 'atomic_file', 'atomic_save', 'rng_state',
+           'check_plan', 'check_bs', 'check_seed', 'top1', 'top5', 'atomic_file', 'atomic_save', 'rng_state', 'plain',
            'set_rng_state', 'reseed_augmenters', 'dls_size', 'Checkpoint', 'history_csv', 'read_checkpoint',
            'load_checkpoint', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress', 'MixCut', 'EMA', 'apply_ema',
            'check_opt', 'get_opt', 'wd_splitter', 'compile_model', 'check_mix', 'tiny_learner', 'find_max_bs',
@@ -120,9 +121,20 @@ def rng_state(dl=None) -> dict:
     s['dl_rng'] = dl.rng.getstate() if getattr(dl, 'rng', None) is not None else None
     return s
 
+def plain(o):
+    "`o` with NumPy arrays as tensors and NumPy scalars as Python numbers: what `torch.load(weights_only=True)` reads"
+    if isinstance(o, Tensor): return o if type(o) is Tensor else o.as_subclass(Tensor)   # fastai's TensorBase & co: plain
+    if isinstance(o, np.ndarray): return torch.from_numpy(o.astype(np.int64) if o.dtype == np.uint32 else o)
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, dict): return type(o)((k, plain(v)) for k,v in o.items()) if isinstance(o, OrderedDict) else {k: plain(v) for k,v in o.items()}
+    if isinstance(o, (list, tuple, L)): return type(o)(plain(v) for v in o) if type(o) in (list, tuple) else [plain(v) for v in o]
+    return o
+
 def set_rng_state(s:dict, dl=None):
     "Restore RNG states saved by `rng_state`; the loader's only if `dl` is given"
-    random.setstate(s['random_state']); np.random.set_state(s['numpy_state'])
+    ns = s['numpy_state']
+    if isinstance(ns[1], Tensor): ns = (ns[0], ns[1].numpy().astype(np.uint32), *ns[2:])   # as `plain` stored it
+    random.setstate(s['random_state']); np.random.set_state(ns)
     torch.set_rng_state(s['torch_state'])
     cs = s.get('torch_cuda_state') or []
     if torch.cuda.is_available() and len(cs) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(cs)
@@ -237,7 +249,7 @@ class Checkpoint(Callback):
         self.meta.update(meta)
         self.saved_at = time.monotonic()
         if not is_rank0(): return
-        atomic_save(self.state(), self.file)
+        atomic_save(plain(self.state()), self.file)
         if self.csv: atomic_save(history_csv(self.history), self.learn.path/self.csv, text=True)
 
 def history_csv(history) -> str:
@@ -251,7 +263,10 @@ def history_csv(history) -> str:
 def read_checkpoint(fname) -> dict:
     "The state saved by `Checkpoint` in `fname`"
     fname = Path(fname)
-    try: state = torch.load(fname, map_location='cpu', weights_only=False)
+    try: state = torch.load(fname, map_location='cpu', weights_only=True)   # data only: a checkpoint never runs code
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"checkpoint {fname} holds more than tensors and plain data (loading it would run code); it is not "
+                              "one this version wrote: delete it to start over") from e
     except Exception as e:
         raise CheckpointError(f"checkpoint {fname} cannot be read ({type(e).__name__}: {e}); delete it to start over") from e
     if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT:
@@ -268,7 +283,9 @@ def load_checkpoint(learn, state:dict):
     get_model(learn.model).load_state_dict(state['model'])
     if state.get('opt') is not None:
         if learn.opt is None: learn.create_opt()
-        learn.opt.load_state_dict(state['opt'])
+        sd = state['opt']
+        if isinstance(sd, dict) and 'hypers' in sd: sd = {**sd, 'hypers': L(sd['hypers'])}   # fastai's Optimizer keeps an `L`
+        learn.opt.load_state_dict(sd)
         _opt_to(learn.opt, one_param(learn.model).device)
     if hasattr(learn, 'ema'): learn.ema.load_state(state.get('ema'))
     ck = getattr(learn, 'checkpoint', None)
