@@ -174,3 +174,18 @@ def test_results_json_is_strict_json():
     from tiny_fastai.recipe import finite
     s = json.dumps(finite(dict(top1=float('nan'), h=[dict(l=float('inf'))], ok=0.5)), allow_nan=False)
     assert json.loads(s) == dict(top1=None, h=[dict(l=None)], ok=0.5)
+
+def test_one_run_at_a_time_in_a_folder(data, tmp_path):
+    "A second run into the same --out is refused, naming the process that holds it; temp files of live processes stay"
+    import subprocess, sys, time
+    holder = subprocess.Popen([sys.executable, '-c', f"from tiny_fastai.recipe import lock_run; lock_run({str(tmp_path)!r}); "
+                               "print('locked', flush=True); import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        live = tmp_path/'models'/f'.ckpt.pth.{holder.pid}.tmp'; live.parent.mkdir(); live.write_bytes(b'x')
+        dead = tmp_path/'models'/'.ckpt.pth.999999999.tmp'; dead.write_bytes(b'x')
+        with pytest.raises(PlanError, match=f'another run \\(process {holder.pid}\\) is training into'):
+            train_recipe('demo', out=tmp_path, data=data, **FAST)
+    finally: holder.kill(); holder.wait()
+    res = train_recipe('demo', out=tmp_path, data=data, **FAST)     # the holder is gone: this run takes the folder
+    assert res['epochs'] == 2 and not dead.exists()   # the killed holder's temp file went too

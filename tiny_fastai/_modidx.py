@@ -58,7 +58,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'tiny_fastai.data._img_files': ('data.html#_img_files', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data._img_sums': ('data.html#_img_sums', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data._is_url': ('data.html#_is_url', 'tiny_fastai/data.py'),
-                                  'tiny_fastai.data._pid_alive': ('data.html#_pid_alive', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data._read_annotations': ('data.html#_read_annotations', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data._read_wnids': ('data.html#_read_wnids', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data._train_items': ('data.html#_train_items', 'tiny_fastai/data.py'),
@@ -72,6 +71,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'tiny_fastai.data.get_tiny_imagenet': ('data.html#get_tiny_imagenet', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data.make_subset': ('data.html#make_subset', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data.open_image': ('data.html#open_image', 'tiny_fastai/data.py'),
+                                  'tiny_fastai.data.pid_alive': ('data.html#pid_alive', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data.read_text': ('data.html#read_text', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data.sample_path': ('data.html#sample_path', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data.scan': ('data.html#scan', 'tiny_fastai/data.py'),
@@ -369,6 +369,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'tiny_fastai.recipe.evaluate_model': ('recipe.html#evaluate_model', 'tiny_fastai/recipe.py'),
                                     'tiny_fastai.recipe.finite': ('recipe.html#finite', 'tiny_fastai/recipe.py'),
                                     'tiny_fastai.recipe.get_recipe': ('recipe.html#get_recipe', 'tiny_fastai/recipe.py'),
+                                    'tiny_fastai.recipe.lock_run': ('recipe.html#lock_run', 'tiny_fastai/recipe.py'),
                                     'tiny_fastai.recipe.resolve_plan': ('recipe.html#resolve_plan', 'tiny_fastai/recipe.py'),
                                     'tiny_fastai.recipe.results_table': ('recipe.html#results_table', 'tiny_fastai/recipe.py'),
                                     'tiny_fastai.recipe.train_recipe': ('recipe.html#train_recipe', 'tiny_fastai/recipe.py')}}}

@@ -21,7 +21,7 @@ import tiny_fastai
 # %% auto #0
 __all__ = ['URL_TINY', 'TINY_STATS', 'SOURCE_FILE', 'LayoutError', 'ArchiveError', 'DownloadError', 'read_text', 'class_names',
            'find_bad_images', 'to_rgb', 'open_image', 'Layout', 'scan', 'check_layout', 'make_subset', 'sample_path',
-           'archive_fingerprint', 'extracted_from', 'get_tiny_imagenet', 'tiny_stats']
+           'pid_alive', 'archive_fingerprint', 'extracted_from', 'get_tiny_imagenet', 'tiny_stats']
 
 # %% ../nbs/00_data.ipynb #4781496e
 URL_TINY = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
@@ -288,7 +288,8 @@ def _archive_kind(p):
 
 def _is_url(s): return isinstance(s, str) and urlparse(s).scheme in ('http', 'https', 'ftp', 'file')
 
-def _pid_alive(pid):
+def pid_alive(pid:int) -> bool:
+    "Whether process `pid` is running (for cleaning up after killed processes)"
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except Exception: pass
@@ -298,7 +299,7 @@ def _clean_partials(dest, mine:bool=False):
     "Remove temporary folders left by extractions whose process is gone (killed), and this process's own if `mine`"
     for d in Path(dest).glob('.tiny-imagenet-200.partial-*'):
         m = re.match(r'\.tiny-imagenet-200\.partial-(\d+)-', d.name)
-        if m and (not _pid_alive(int(m.group(1))) or mine and int(m.group(1)) == os.getpid()): shutil.rmtree(d, ignore_errors=True)
+        if m and (not pid_alive(int(m.group(1))) or mine and int(m.group(1)) == os.getpid()): shutil.rmtree(d, ignore_errors=True)
 
 def _unpack(arch, out):
     try:

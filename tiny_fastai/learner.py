@@ -13,6 +13,7 @@ from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from fastai.learner import SkipToEpoch
 from torch.distributions.beta import Beta
+from .data import pid_alive
 from .augment import ImgAugTransform, reseed
 from .loaders import resize_dls, BatchResize
 from .models import get_arch, check_rules
@@ -109,9 +110,10 @@ def atomic_save(obj, fname, text:bool=False):
     return Path(fname)
 
 def _clean_tmp(fname):
-    "Remove temporary files of `atomic_save` for `fname` left by killed processes"
+    "Remove temporary files of `atomic_save` for `fname` left by killed processes (never a live process's)"
     for f in Path(fname).parent.glob(f'.{Path(fname).name}.*.tmp'):
-        if not f.name.endswith(f'.{os.getpid()}.tmp'): f.unlink(missing_ok=True)
+        pid = f.name[len(Path(fname).name)+2:-4]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)): f.unlink(missing_ok=True)
 
 # %% ../nbs/04_learner.ipynb #ff3a219f
 def rng_state(dl=None) -> dict:

@@ -5,6 +5,8 @@
 # %% ../nbs/06_recipe.ipynb #d2b0e004
 from __future__ import annotations
 import os, json, time, math, hashlib, platform
+try: import fcntl
+except ImportError: fcntl = None   # no lock on Windows
 from pathlib import Path
 from fastai.vision.all import *
 from .data import sample_path, get_tiny_imagenet, URL_TINY
@@ -16,7 +18,7 @@ from .learner import (PlanError, check_plan, check_bs, check_seed, check_mix, ch
 from .infer import export_learner, load_model_file, check_vocab
 
 # %% auto #0
-__all__ = ['RECIPES', 'get_recipe', 'resolve_plan', 'cpu_setup', 'data_id', 'finite', 'results_table', 'train_recipe',
+__all__ = ['RECIPES', 'get_recipe', 'resolve_plan', 'cpu_setup', 'lock_run', 'data_id', 'finite', 'results_table', 'train_recipe',
            'evaluate_model']
 
 # %% ../nbs/06_recipe.ipynb #471d995f
@@ -81,6 +83,21 @@ def cpu_setup(num_workers:int=None) -> int:
     torch.set_num_threads(max(1, n - num_workers))
     return num_workers
 
+_LOCKS = {}
+
+def lock_run(out):
+    "Take `out/.lock` for this process (held until it exits), or raise `PlanError` naming the process that holds it"
+    out = Path(out)
+    if not is_rank0() or fcntl is None or str(out.resolve()) in _LOCKS: return
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out/'.lock', 'a+')
+    try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0); pid = f.read().strip() or '?'; f.close()
+        raise PlanError(f"another run (process {pid}) is training into {out}: wait for it to end, or choose another --out") from None
+    f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+    _LOCKS[str(out.resolve())] = f   # kept open: the lock goes with the process, also when it is killed
+
 def data_id(dls) -> str:
     "A fingerprint of the images and classes of `dls`: a checkpoint trained on other data is not resumed on these"
     h = hashlib.sha1('\n'.join(map(str, dls.vocab)).encode())
@@ -124,6 +141,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     if device.type == 'cuda' and not deterministic: torch.backends.cudnn.benchmark = True
     dls = rank0_first(tiny_dls, path, size=r['sizes'][0], bs=local_bs(r['bs']), seed=seed, cache=r['cache'], num_workers=num_workers,
                       skip_bad=skip_bad, device=device, check_images=True, aug=r['aug'], **(dls_kwargs or {}))
+    lock_run(out)   # one run at a time in a folder (rank 0 only)
     learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], opt=r['opt'], ema=r['ema'], path=out, cbs=cbs,
                          compile=r['compile'] and device.type == 'cuda')   # compiling pays on a GPU only
     if restart and is_rank0():   # nothing of the old run stays beside the new checkpoint
