@@ -12,12 +12,6 @@ from tiny_fastai.data import (LayoutError, ArchiveError, DownloadError, Layout, 
 SAMPLE = sample_path()
 
 
-@pytest.fixture
-def copy(tmp_path):
-    "A writable copy of the bundled sample"
-    dst = tmp_path/'tiny-imagenet-200'
-    shutil.copytree(SAMPLE, dst)
-    return dst
 
 
 def _annotations(path):

@@ -28,12 +28,6 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture
-def copy(tmp_path):
-    "A writable copy of the bundled sample"
-    dst = tmp_path/'tiny-imagenet-200'
-    shutil.copytree(SAMPLE, dst)
-    return dst
 
 
 @pytest.fixture(scope='module')
