@@ -3,7 +3,7 @@
 
 Usage: python bench/loaders_fast.py [DATA] [--sizes 16 32 64] [--bs 128] [--workers 2] [--aug default]
                                     [--paths datablock fast fast-imgaug] [--cache-dir DIR] [--max-batches N]
-DATA: an extracted Tiny ImageNet folder or archive (default: $TINY_IMAGENET, else /work/data/tiny-imagenet-200).
+DATA: an extracted Tiny ImageNet folder or archive (default: $TINY_IMAGENET).
 The time counts the whole pass (worker start-up included, the one-off cache build excluded, reported apart) and the
 batch transforms (`IntToFloatTensor`, `BatchResize`, `Normalize`) on the loader's device. Beside images/second it
 reports the CPU time per image of the main process and the workers together, which depends much less on what else
@@ -47,7 +47,7 @@ def make(kind, path, size, a):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('data', nargs='?', default=os.environ.get('TINY_IMAGENET', '/work/data/tiny-imagenet-200'))
+    p.add_argument('data', nargs='?', default=os.environ.get('TINY_IMAGENET'), help='archive or folder (default: $TINY_IMAGENET)')
     p.add_argument('--sizes', type=int, nargs='+', default=[16, 32, 64])
     p.add_argument('--bs', type=int, default=128)
     p.add_argument('--workers', type=int, default=None, help='loader processes (default: fastai\'s, the number of CPUs up to 16)')
@@ -58,6 +58,7 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=1, help="PyTorch threads of the main process, which runs the batch "
                    "transforms here (default 1: the loader workers already use every core; 0 leaves PyTorch's default)")
     a = p.parse_args(argv)
+    if a.data is None: p.error('give the Tiny ImageNet archive or folder (or set TINY_IMAGENET)')
     if a.threads: torch.set_num_threads(a.threads)
     try: a.aug = float(a.aug)
     except ValueError: pass
