@@ -62,13 +62,15 @@ def check_plan(stages, max_epochs:int=MAX_EPOCHS) -> list:
     return res
 
 def check_bs(bs) -> int:
-    "A batch size must be a positive integer"
+    "A batch size must be a positive integer, and at least 2: batch norm needs two images to normalise a training batch"
     if not _is_int(bs) or bs < 1: raise PlanError(f"the batch size must be a positive integer, got {bs!r}")
+    if bs < 2: raise PlanError(f"the batch size must be at least 2 (batch norm needs two images per training batch), got {bs}")
     return int(bs)
 
 def check_seed(seed) -> int:
-    "A seed must be an integer"
+    "A seed must be an integer that NumPy's and PyTorch's generators take: 0 to 2**32-1"
     if not _is_int(seed): raise PlanError(f"the seed must be an integer, got {seed!r}")
+    if not 0 <= seed < 2**32: raise PlanError(f"the seed must be between 0 and {2**32-1} (NumPy's limit), got {seed}")
     return int(seed)
 
 # %% ../nbs/04_learner.ipynb #bb39b685
@@ -683,13 +685,14 @@ def plot_history(history, fname=None):
     ep = [r['epoch']+1 for r in history]
     for k,ax in (('train_loss',0),('valid_loss',0),('top1',1),('top5',1)):
         axs[ax].plot(ep, [r.get(k) for r in history], marker='.', label=k)
-    prev = None
-    for r in history:
-        if r.get('stage') != prev and prev is not None:
-            for ax in axs: ax.axvline(r['epoch']+0.5, color='grey', ls=':')
-        if r.get('stage') != prev: axs[1].annotate(f"{r.get('size')}px", (r['epoch']+1, 0), fontsize=8, color='grey')
-        prev = r.get('stage')
-    axs[0].set_title('loss'); axs[1].set_title('accuracy (val)'); axs[1].set_ylim(0, 1)
+    starts = [i for i,r in enumerate(history) if i == 0 or r.get('stage') != history[i-1].get('stage')]
+    for j,i in enumerate(starts):   # each stage shaded, its size written at the top of both plots
+        end = starts[j+1] if j+1 < len(starts) else len(history)
+        for ax in axs:
+            if j % 2: ax.axvspan(i+0.5, end+0.5, color='0.92', zorder=0)
+            ax.text((i+end+1)/2, 1.01, f"{history[i].get('size')} px", transform=ax.get_xaxis_transform(),
+                    ha='center', va='bottom', fontsize=9)
+    axs[0].set_title('loss', pad=16); axs[1].set_title('accuracy (val)', pad=16); axs[1].set_ylim(0, 1)
     for ax in axs: ax.set_xlabel('epoch'); ax.legend()
     fig.tight_layout()
     if fname is not None and is_rank0(): fig.savefig(fname, dpi=80)

@@ -186,7 +186,7 @@ def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True,
     if not torch.cuda.is_available(): num_workers = cpu_setup(num_workers)
     path = get_tiny_imagenet(data)
     size = dls_size(learn.dls) or 64
-    dls = tiny_dls(path, size=size, bs=check_bs(bs), num_workers=num_workers)
+    dls = tiny_dls(path, size=size, bs=bs, num_workers=num_workers)   # any positive batch size: no training here
     check_vocab(learn, dls.vocab, what=f"the data at {path}", model=str(model))
     learn.dls = dls
     set_seed(check_seed(seed))
