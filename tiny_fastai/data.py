@@ -247,7 +247,7 @@ def make_subset(path, dest, n_classes:int=10, n_train:int=100, n_val:int=50, see
     try:
         (tmp/'wnids.txt').write_text(''.join(w+'\n' for w in wnids))
         ws = set(wnids)
-        words = [l for l in (src/'words.txt').read_text().splitlines() if l.split('\t')[0] in ws]
+        words = [l for l in read_text(src/'words.txt').splitlines() if l.split('\t')[0] in ws]
         (tmp/'words.txt').write_text(''.join(l+'\n' for l in words))
         for w in wnids:
             fs = sorted(f.name for f,c in info.train if c == w)
@@ -258,8 +258,8 @@ def make_subset(path, dest, n_classes:int=10, n_train:int=100, n_val:int=50, see
             bf = src/'train'/w/f'{w}_boxes.txt'
             if bf.exists():
                 keep = set(fs)
-                (tmp/'train'/w/bf.name).write_text(''.join(l+'\n' for l in bf.read_text().splitlines() if l.split('\t')[0] in keep))
-        rows = {f: l for l in (src/'val'/'val_annotations.txt').read_text().splitlines() if l.strip() for f in [l.split('\t')[0]]}
+                (tmp/'train'/w/bf.name).write_text(''.join(l+'\n' for l in read_text(bf).splitlines() if l.split('\t')[0] in keep))
+        rows = {f: l for l in read_text(src/'val'/'val_annotations.txt').splitlines() if l.strip() for f in [l.split('\t')[0]]}
         (tmp/'val'/'images').mkdir(parents=True)
         lines = []
         for w in wnids:

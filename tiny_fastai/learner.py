@@ -393,16 +393,17 @@ class EMA(Callback):
 
     def before_fit(self):
         self.run = not hasattr(self.learn, 'lr_finder')
-        if self.avg is None: self.avg = [t.detach().clone() for t in self._live()]
-        else: self.avg = [a.to(t.device) for a,t in zip(self.avg, self._live())]
+        self.live = self._live()   # once per fit, not in every step
+        if self.avg is None: self.avg = [t.detach().clone() for t in self.live]
+        else: self.avg = [a.to(t.device) for a,t in zip(self.avg, self.live)]
 
     def after_step(self):
         self.n += 1
         d = min(self.decay, (1+self.n)/(10+self.n))
-        torch._foreach_lerp_(self.avg, self._live(), 1-d)
+        torch._foreach_lerp_(self.avg, self.live, 1-d)
 
     def _swap(self):
-        for a,t in zip(self.avg, self._live()):
+        for a,t in zip(self.avg, self.live):
             tmp = t.clone(); t.copy_(a); a.copy_(tmp)
     def before_validate(self): self._swap()
     def after_validate(self): self._swap()
