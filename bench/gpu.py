@@ -8,8 +8,11 @@ Steps, each with its own share of the budget (the plan adds up to `--budget-s`, 
 3. sprint: `train_recipe('sprint')` on the full data and the official val set: top-1/top-5, plain and with TTA,
    wall time, one row per epoch; its epochs are the preset's unless they do not fit the time left, in which case they
    are scaled down in proportion (the report says which);
-4. projection: seconds per epoch of each stage of the `full` recipe (and of candidate full recipes) from step 2,
-   and their totals in hours;
+4. full: the `full` recipe itself, end to end (dense_wide, MixCut, EMA, torch.compile, flip TTA), `--full-epochs`
+   epochs at each of its sizes: seconds per epoch as run (compile included), and the steady state (train batches after
+   the first few, validation) that projects the whole recipe's hours; its errors are reported, not raised;
+   projection: seconds per epoch of each stage of the `full` recipe (and of candidate full recipes) from step 2 and from
+   the measured epochs, with their totals in hours;
 5. compile: `torch.compile` against eager for the sprint's model at 64 px, only if at least `--compile-s` is left.
 
 Figures go to OUT/gpu_bench.json and OUT/gpu_bench.md, rewritten (atomically) after every step and every epoch, so a
@@ -89,10 +92,17 @@ def markdown(d) -> str:
         if c.get('history'):
             cols = ['epoch', 'size', 'train_loss', 'valid_loss', 'top1', 'top5', 'time_s']
             s += _table([{k: (f'{v:.4f}' if isinstance(v, float) and k != 'time_s' else v) for k,v in r.items()} for r in c['history']], cols) + [""]
+        if c.get('clock'): s += ["Per epoch (train images/s after the first 10 batches):", ""] + _table(c['clock'], ['size', 'epoch_s', 'first_batches_s', 'train_ips', 'valid_s']) + [""]
         if 'top1' in c:
             s += [f"**top-1 {c['top1']:.4f}**, top-5 {c['top5']:.4f}; with {c.get('tta')} TTA: top-1 {_f(c.get('top1_tta'), '.4f')}, "
                   f"top-5 {_f(c.get('top5_tta'), '.4f')}; {c.get('epochs')} epochs; wall time {_f(c.get('wall_s'))} s "
                   f"(training {_f(c.get('train_s'))} s)", ""]
+    if 'full' in st:
+        u = st['full']
+        s += ["## 4a. the full recipe, end to end", "", f"plan: {u.get('plan')}; {_f(u.get('total_s'))} s in all", ""]
+        if u.get('clock'): s += _table(u['clock'], ['size', 'epoch_s', 'first_batches_s', 'train_ips', 'valid_s']) + [""]
+        if u.get('error'): s += [f"error: `{u['error']}`", ""]
+        elif 'top1' in u: s += [f"top-1 {u['top1']:.4f} after these few epochs (a check that the recipe runs, not a result)", ""]
     if 'projection' in st:
         s += ["## 4. projected time of full recipes (from the speeds of step 2; training + validation)", ""]
         s += _table(st['projection'].get('rows', []), ['recipe', 'stages', 'epochs', 'hours', 'note']) + [""]
@@ -158,14 +168,47 @@ def scale_epochs(epochs, cost, budget):
 class Progress(Callback):
     "Put every finished epoch into the report, and stop training (between epochs) once `deadline` has passed"
     order = 70
-    def __init__(self, rep, deadline): self.rep,self.deadline,self.n = rep,deadline,0
+    def __init__(self, rep, deadline, step='sprint', clock=None): store_attr(); self.n = 0
     def before_train(self):
-        if time.time() > self.deadline: self.rep('sprint', stopped='the time budget ran out'); raise CancelFitException()
+        if time.time() > self.deadline: self.rep(self.step, stopped='the time budget ran out'); raise CancelFitException()
     def after_epoch(self):
         h = self.learn.checkpoint.history
         if len(h) == self.n: return
-        self.n = len(h); say(f"sprint epoch {len(h)}: {h[-1]['size']} px, top-1 {h[-1]['top1']:.4f}, {h[-1]['time_s']:.1f} s")
-        self.rep('sprint', history=list(h), train_s=round(sum(r['time_s'] for r in h), 1))
+        self.n = len(h); say(f"{self.step} epoch {len(h)}: {h[-1]['size']} px, top-1 {h[-1]['top1']:.4f}, {h[-1]['time_s']:.1f} s")
+        self.rep(self.step, history=list(h), train_s=round(sum(r['time_s'] for r in h), 1),
+                 **({'clock': self.clock.rows} if self.clock else {}))
+
+class Clock(Callback):
+    "Per epoch: train images/s after the first `skip` batches (compiling and autotuning happen there), and validation s"
+    order = 65
+    def __init__(self, skip=10): self.skip,self.rows = skip,[]
+    def _t(self):
+        if self.dls.device is not None and torch.device(self.dls.device).type == 'cuda': torch.cuda.synchronize()
+        return time.perf_counter()
+    def before_epoch(self): self.t0,self.t1,self.n = self._t(),None,0
+    def after_batch(self):
+        if not self.training: return
+        self.size = self.x.shape[-1]
+        if self.iter == self.skip - 1: self.t1 = self._t()
+        elif self.iter >= self.skip: self.n += find_bs(self.yb)
+    def before_validate(self): self.t2 = self._t()
+    def after_validate(self): self.t3 = self._t()
+    def after_epoch(self):
+        if self.t1 is None: return   # no training batches past `skip` (e.g. `get_preds`)
+        ips = self.n/(self.t2 - self.t1) if self.t1 and self.n else None
+        self.rows.append(dict(size=self.size,
+                              epoch_s=round(self.t3 - self.t0, 2), train_ips=round(ips) if ips else None,
+                              first_batches_s=round(self.t1 - self.t0, 2) if self.t1 else None, valid_s=round(self.t3 - self.t2, 2)))
+
+def measured_hours(clock, stages, n_train):
+    "Hours of `stages` [(size, epochs)] from `Clock` rows: the last epoch at each size (the steady state), plus what the first cost more"
+    if not clock or any(not [r for r in clock if r['size'] == s] for s,_ in stages): return None
+    tot,extra = 0.,0.
+    for s,n in stages:
+        rs = [r for r in clock if r['size'] == s]
+        steady = rs[-1]['epoch_s'] if len(rs) > 1 else n_train/rs[-1]['train_ips'] + rs[-1]['valid_s'] if rs[-1]['train_ips'] else rs[-1]['epoch_s']
+        tot += n*steady; extra += max(0., rs[0]['epoch_s'] - steady)
+    return (tot + extra)/3600, f"steady epochs {tot/3600:.2f} h + first epochs at each size (compiling) {extra/60:.1f} min"
 
 # ------------------------------------------------------------------ main
 def main(argv=None):
@@ -175,6 +218,8 @@ def main(argv=None):
     p.add_argument('--budget-s', type=float, default=480, help='the whole run, data preparation included, in seconds')
     p.add_argument('--speed-s', type=float, default=75, help='share of the budget for the speed grid (step 2)')
     p.add_argument('--compile-s', type=float, default=100, help='time that must be left for the torch.compile step (5)')
+    p.add_argument('--full-epochs', type=int, default=2, help='epochs at each size of the full recipe in step 4 (0: skip it)')
+    p.add_argument('--full-s', type=float, default=210, help='time after which the full recipe stops between epochs')
     p.add_argument('--eval-s', type=float, default=25, help='time kept for the sprint\'s final evaluation and export')
     p.add_argument('--workers', type=int, default=None, help='loader processes (default: the CPUs less one, up to 15)')
     p.add_argument('--work-dir', default=None, help='where the archive is extracted and the sprint runs (default: a temporary folder)')
@@ -213,9 +258,9 @@ def main(argv=None):
         t_end = time.time() + a.speed_s
         grid = ([('tiny', 16, 16, 'sgd'), ('tiny', 32, 16, 'sgd')] if a.quick else
                 [('dense', 32, 512, 'sgd'), ('dense', 48, 512, 'sgd'), ('dense', 64, 512, 'sgd'),
-                 ('large', 32, 256, 'adamw'), ('large', 64, 256, 'adamw'), ('large', 128, 256, 'adamw'),
-                 ('dense_wide', 64, 256, 'sgd'), ('medium', 64, 256, 'adamw'), ('medium', 128, 256, 'adamw'),
-                 ('small', 64, 512, 'adamw'), ('dense_wide', 32, 256, 'sgd'), ('large', 96, 256, 'adamw')])
+                 ('dense_wide', 32, 256, 'sgd'), ('dense_wide', 48, 256, 'sgd'), ('dense_wide', 64, 256, 'sgd'),
+                 ('medium', 64, 256, 'adamw'), ('small', 64, 512, 'adamw'), ('medium', 128, 256, 'adamw'),
+                 ('large', 32, 256, 'adamw'), ('large', 64, 256, 'adamw'), ('large', 128, 256, 'adamw'), ('large', 96, 256, 'adamw')])
         extra = [] if a.quick else [('dense', 64, 512, 'sgd', 'deterministic'), ('large', 64, 256, 'adamw', 'deterministic'),
                                     ('large', 64, 256, 'adam', "fastai's Adam")]
         rows,ips = [],{}
@@ -243,8 +288,24 @@ def main(argv=None):
             lrows.append(dict(size=s, bs=r['bs'], workers=workers, ips=round(i), first_batch_s=round(first, 2),
                               model_ips=round(m) if m else None, ratio=i/m if m else None))
             rep('speed', loader=lrows); say(f"loader: {lrows[-1]}")
-        # -------------------------------------------------------------- 3. sprint
         n_tr,n_va = len(dls.train_ds),len(dls.valid_ds)
+        # -------------------------------------------------------------- 4a. the full recipe, end to end (measured before the sprint)
+        fr = get_recipe('full')
+        if a.full_epochs > 0:
+            fsz = fr['sizes'] if not a.quick else (16, 32)
+            fkw = dict(arch='tiny', bs=16, lrs=[0.1]*len(fsz), sizes=list(fsz)) if a.quick else {}
+            rep('full', plan=f"{a.full_epochs} epoch(s) at each of {', '.join(f'{s} px' for s in fsz)}; preset "
+                             f"{', '.join(f'{e} x {s} px' for s,e in zip(fr['sizes'], fr['epochs']))}")
+            clock,t = Clock(3 if a.quick else 10),time.time()
+            try:
+                res = train_recipe('full', out=work/'full', data=path, epochs=[a.full_epochs]*len(fsz), num_workers=workers, restart=True,
+                                   cbs=[clock, Progress(rep, time.time() + a.full_s, 'full', clock)], dls_kwargs=dict(cache_dir=work/'cache'), **fkw)
+                rep('full', top1=res['top1'], top1_tta=res.get('top1_tta'), wall_s=res.get('wall_s'), compiled=gpu)
+            except Exception as e:
+                rep('full', error=f"{type(e).__name__}: {e}"[:2000]); say(f"full: failed: {e!r}")
+            rep('full', clock=clock.rows, total_s=round(time.time() - t, 1)); say(f"full: {clock.rows}")
+            if gpu: torch.cuda.empty_cache()
+        # -------------------------------------------------------------- 3. sprint
         def cost(s):   # seconds per epoch: the slower of model and loader, validation at 3x, 1.5 s for workers and the checkpoint
             m = min(ips.get((r['arch'], s), 1e9), *[x['ips'] for x in lrows if x['size'] == s] or [1e9])
             return 1.3*(n_tr/m + n_va/(3*m)) + 1.5   # 1.3: the Learner loop is slower than the bare step
@@ -254,10 +315,10 @@ def main(argv=None):
         plan_s = (f"{', '.join(f'{e} x {s} px' for s,e in zip(r['sizes'], epochs))} ({'scaled down from the preset to fit' if scaled else 'the preset as it is'}; "
                   f"{budget:.0f} s left for training, estimated {sum(e*cost(s) for s,e in zip(r['sizes'], epochs)):.0f} s)")
         rep('sprint', plan=plan_s, preset_epochs=list(r['epochs']), epochs_run=epochs, scaled=scaled); say(f"sprint: {plan_s}")
-        t = time.time()
+        t,sclock = time.time(),Clock(3 if a.quick else 10)
         kw = dict(arch='tiny', bs=r['bs'], lrs=list(r['lrs']), sizes=list(r['sizes'])) if a.quick else {}
         res = train_recipe('sprint', out=work/'sprint', data=path, epochs=epochs, num_workers=workers, restart=True,
-                           cbs=[Progress(rep, T0 + a.budget_s - a.eval_s)], dls_kwargs=dict(cache_dir=work/'cache'), **kw)
+                           cbs=[sclock, Progress(rep, T0 + a.budget_s - a.eval_s, 'sprint', sclock)], dls_kwargs=dict(cache_dir=work/'cache'), **kw)
         keep = ('top1', 'top5', 'top1_tta', 'top5_tta', 'tta', 'epochs', 'train_s', 'wall_s', 'history', 'params', 'arch', 'bs', 'stages')
         rep('sprint', **{k: res.get(k) for k in keep})
         for f in ('results.json', 'history.csv'):
@@ -267,8 +328,7 @@ def main(argv=None):
         def hours(arch, stages):
             if any((arch, s) not in ips for s,_ in stages): return None
             return sum(n*(n_tr/ips[(arch, s)] + n_va/(3*ips[(arch, s)]) + 1.5) for s,n in stages)/3600
-        f = get_recipe('full')
-        cands = [('full (as coded)', f['arch'], list(zip(f['sizes'], f['epochs'])))]
+        cands = [('full (as coded)', fr['arch'], list(zip(fr['sizes'], fr['epochs'])))]
         if not a.quick: cands += [('large, 64 px mostly', 'large', [(32, 60), (64, 340)]),
                                   ('large, 96 px last', 'large', [(32, 50), (64, 150), (96, 200)]),
                                   ('dense_wide, 64 px', 'dense_wide', [(32, 60), (64, 340)]),
@@ -278,6 +338,9 @@ def main(argv=None):
             h = hours(arch, stages)
             prow.append(dict(recipe=name, stages=f"{arch}: " + ', '.join(f'{n} x {s} px' for s,n in stages),
                              epochs=sum(n for _,n in stages), hours=_f(h, '.2f'), note='' if h is not None else 'a size was not measured'))
+        m = measured_hours(rep.d['steps'].get('full', {}).get('clock', []), list(zip(fr['sizes'], fr['epochs'])), n_tr)
+        if m: prow.insert(0, dict(recipe='full, from its measured epochs', stages=f"{fr['arch']}: " + ', '.join(f'{n} x {s} px' for s,n in zip(fr['sizes'], fr['epochs'])),
+                                  epochs=sum(fr['epochs']), hours=_f(m[0], '.2f'), note=m[1]))
         rep('projection', rows=prow)
         # -------------------------------------------------------------- 5. compile
         left = T0 + a.budget_s - time.time()

@@ -15,7 +15,7 @@ def test_gpu_bench_quick_on_cpu(tmp_path):
     out = tmp_path/'out'
     _gpu_bench().main([str(sample_path()), '--out', str(out), '--quick', '--workers', '0', '--work-dir', str(tmp_path/'w')])
     d = json.loads((out/'gpu_bench.json').read_text())
-    assert d['status'] == 'done' and set(d['steps']) == {'data', 'speed', 'sprint', 'projection', 'compile'}
+    assert d['status'] == 'done' and set(d['steps']) == {'data', 'speed', 'full', 'sprint', 'projection', 'compile'}
     st = d['steps']
     assert st['data']['n_train'] == 1000 and st['data']['n_valid'] == 500
     assert all(r['ips'] > 0 for r in st['speed']['rows']) and all(r['ips'] > 0 for r in st['speed']['loader'])
