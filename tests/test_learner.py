@@ -61,7 +61,19 @@ def test_mixcut(data):
             ys,xs = changed.any(0).any(1).nonzero(),changed.any(0).any(0).nonzero()
             if len(ys): assert changed.any(0)[ys.min():ys.max()+1, xs.min():xs.max()+1].float().mean() > 0.5
             assert 0 <= float(cb.lam) <= 1
-        else: assert not torch.equal(x, b[0]) and cb.lam.shape == (len(x),)
+        else: assert not torch.equal(x, b[0]) and cb.lam.shape == (len(x),) and (cb.lam >= 0.5).all() and (cb.lam <= 1).all()
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_mixcut_never_waits_for_the_gpu():
+    "On a GPU, neither MixUp nor CutMix makes the host wait for the device (PyTorch's sync debug mode raises if one does)"
+    x,y = torch.randn(64, 3, 32, 32, device='cuda'),torch.randint(0, 10, (64,), device='cuda')
+    class L: pass
+    learn = L(); learn.x,learn.y,learn.xb,learn.yb,learn.pct_train,learn.iter,learn.n_iter = x,y,(x,),(y,),0.,0,1
+    for p_cut in (0., 1.):
+        cb = MixCut(p_cut=p_cut); cb.learn = learn; cb.stack_y = True
+        torch.cuda.synchronize(); torch.cuda.set_sync_debug_mode('error')
+        try: cb.before_batch()
+        finally: torch.cuda.set_sync_debug_mode(0)
 
 def test_ema_validates_exports_and_resumes(data, tmp_path):
     "EMA: validation scores the averaged weights; apply_ema puts them in the model; the checkpoint keeps the average"

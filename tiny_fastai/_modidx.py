@@ -187,6 +187,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.MixCut': ('learner.html#mixcut', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.MixCut.__init__': ('learner.html#mixcut.__init__', 'tiny_fastai/learner.py'),
+                                     'tiny_fastai.learner.MixCut._mix_lam': ('learner.html#mixcut._mix_lam', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.MixCut.before_batch': ( 'learner.html#mixcut.before_batch',
                                                                                   'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.NaNGuard': ('learner.html#nanguard', 'tiny_fastai/learner.py'),

@@ -365,21 +365,34 @@ class MixCut(MixUp):
     "fastai's `MixUp` (`mix_alpha`) or `CutMix` (`cut_alpha`, probability `p_cut`) on each batch, off for the last `off` of training"
     def __init__(self, mix_alpha:float=0.8, cut_alpha:float=1., p_cut:float=0.5, off:float=0.05):
         super().__init__(mix_alpha)
-        store_attr('p_cut,off'); self.cut = Beta(tensor(float(cut_alpha)), tensor(float(cut_alpha)))
+        store_attr('mix_alpha,p_cut,off'); self.cut,self._mix = Beta(tensor(float(cut_alpha)), tensor(float(cut_alpha))),None
+
+    def _mix_lam(self, bs, dev):
+        "MixUp's weights, drawn on `dev` (fastai draws them on the CPU and copies them over, which waits for the GPU)"
+        if self._mix is None or self._mix.concentration1.device != dev:
+            a = torch.full((), float(self.mix_alpha), device=dev)
+            self._mix = Beta(a, a)
+        lam = self._mix.sample((bs,))
+        return torch.maximum(lam, 1-lam)
 
     def before_batch(self):
         if _progress(self.learn) >= 1 - self.off: self.lam,self.yb1 = tensor(1.),self.yb; return
-        if random.random() >= self.p_cut: return super().before_batch()
         bs,_,H,W = self.x.shape
-        lam = float(self.cut.sample())
-        ch,cw = round(H*math.sqrt(1-lam)),round(W*math.sqrt(1-lam))
-        cy,cx = random.randrange(H),random.randrange(W)
-        y1,y2,x1,x2 = max(cy-ch//2, 0),min(cy+ch//2, H),max(cx-cw//2, 0),min(cx+cw//2, W)
-        shuffle = torch.randperm(bs, device=self.x.device)
+        dev = self.x.device
+        shuffle = torch.randperm(bs, device=dev)
         self.yb1 = (self.y[shuffle],)
-        self.learn.xb[0][..., y1:y2, x1:x2] = self.x[shuffle][..., y1:y2, x1:x2]
-        self.lam = tensor(1 - (x2-x1)*(y2-y1)/(W*H), device=self.x.device)
-        if not self.stack_y: self.learn.yb = (torch.lerp(self.yb1[0], self.y, self.lam),)
+        if random.random() >= self.p_cut:
+            self.lam = self._mix_lam(bs, dev)
+            self.learn.xb = (torch.lerp(self.x[shuffle], self.x, self.lam.view(-1, *[1]*(self.x.ndim-1))),)
+        else:
+            lam = float(self.cut.sample())
+            ch,cw = round(H*math.sqrt(1-lam)),round(W*math.sqrt(1-lam))
+            cy,cx = random.randrange(H),random.randrange(W)
+            y1,y2,x1,x2 = max(cy-ch//2, 0),min(cy+ch//2, H),max(cx-cw//2, 0),min(cx+cw//2, W)
+            self.learn.xb[0][..., y1:y2, x1:x2] = self.x[shuffle][..., y1:y2, x1:x2]
+            self.lam = torch.full((), 1 - (x2-x1)*(y2-y1)/(W*H), device=dev)   # a fill on the device, not a copy from the host
+        if not self.stack_y:
+            self.learn.yb = (torch.lerp(self.yb1[0], self.y, self.lam.view(-1, *[1]*(self.y.ndim-1)) if self.lam.ndim else self.lam),)
 
 # %% ../nbs/04_learner.ipynb #1b9fe507
 class EMA(Callback):
