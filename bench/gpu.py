@@ -361,4 +361,6 @@ def main(argv=None):
         print(markdown(rep.d), flush=True)
     return rep.d
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    main(); sys.stdout.flush(); sys.stderr.flush()
+    os._exit(0)   # on an H200 (torch 2.11) a finished run did not exit within 70 s of its last report: don't wait for stray workers
