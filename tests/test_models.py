@@ -262,3 +262,13 @@ def test_model_table(presets):
     tbl = model_table({'tiny': presets['tiny']})
     assert markdown_table(tbl).splitlines() == ['| arch | params | macs | final_size | rf |', '|---|---|---|---|---|',
                                                 '| tiny | 248,024 | 7,803,904 | 2 | 187 |']
+
+def test_receptive_fields_analytic():
+    "Per layer and per residual block, from kernel sizes, strides and dilations; a block takes the larger of its two paths"
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.MaxPool2d(2),
+                      nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    assert receptive_fields(m) == [('0', 3, 1), ('1', 5, 2), ('2', 7, 4), ('3', 23, 4)]
+    stage = nn.Sequential(SepBlock(4, 8, stride=2), SepBlock(8, 8))
+    assert receptive_fields(nn.Sequential(nn.Conv2d(3, 4, 3), stage)) == [('0', 3, 1), ('1.0', 9, 2), ('1.1', 17, 2)]
+    tiny = get_arch('tiny')()
+    assert receptive_fields(tiny)[-1] == ('6', 187, 32) == ('6', model_stats(tiny)['rf'], 32)

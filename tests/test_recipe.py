@@ -116,7 +116,7 @@ def test_presets_obey_the_rules():
 
 def test_long_run_features_resume_exactly(data, tmp_path):
     "The full recipe's loop (SGD, one cycle, MixCut, EMA, array cache) interrupted and resumed gives an uninterrupted run's metrics"
-    kw = dict(data=data, arch='tiny', sizes=[16, 32], epochs=[1, 2], lrs=[0.05], bs=16, num_workers=0, seed=1, tta=False)
+    kw = dict(data=data, arch='tiny', sizes=[16, 32], epochs=[1, 2], lrs=[0.05], bs=16, num_workers=0, seed=1, tta=False, device='cpu')   # a GPU preset on the CPU: asked for
     with pytest.raises(KeyboardInterrupt): train_recipe('full', out=tmp_path/'a', cbs=[_Stop(2)], **kw)
     a = train_recipe('full', out=tmp_path/'a', **kw)
     b = train_recipe('full', out=tmp_path/'b', **kw)

@@ -84,7 +84,7 @@ def _train(a):
                        sizes=_ints(a.sizes, 'sizes') if a.sizes else None, lrs=_lrs(a.lr) if a.lr else None, bs=bs,
                        seed=_int(a.seed, 'seed'), restart=a.restart, num_workers=_int(a.workers, 'workers', 0),
                        skip_bad=a.skip_bad, device=torch.device('cpu') if a.cpu else None,
-                       tta=False if a.no_tta else (a.tta or True), deterministic=a.deterministic, compile=a.compile)
+                       tta=False if a.no_tta else (a.tta or True), deterministic=a.deterministic, compile=a.compile, cli=True)
     if is_rank0():
         out = Path(a.out if a.out else Path('runs')/a.preset)
         print('\n' + results_table(res))
@@ -102,6 +102,8 @@ def _evaluate(a):
         f = lambda k: f"{res[k]:.3f}" if k in res else '-'
         print(f"| {Path(a.model).name} on {res['n_valid']:,} val images at {size}px | plain | TTA |\n|---|---|---|\n"
               f"| top-1 | {f('top1')} | {f('top1_tta')} |\n| top-5 | {f('top5')} | {f('top5_tta')} |")
+        print("\nmost confused (actual -> predicted, count): " + ', '.join(f"{t} -> {p} ({n})" for t,p,n in res['most_confused'][:5]))
+        print(f"wrote confusion.png, top_losses.png, evaluate.json to {res['out']}")
     return 0
 
 def _predict(a):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_learner.ipynb #b76d87bd
 from __future__ import annotations
-import os, gc, time, math, pickle, warnings, signal, threading
+import os, sys, gc, time, math, pickle, warnings, signal, threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +15,7 @@ from fastai.learner import SkipToEpoch
 from torch.distributions.beta import Beta
 from .data import pid_alive
 from .augment import ImgAugTransform, reseed
-from .loaders import resize_dls, BatchResize
+from .loaders import resize_dls, BatchResize, figures_to_files, FIGURE_DIR
 from .models import get_arch, check_rules
 from .distrib import is_rank0, rank0_only, rank0_print, on_rank0, broadcast_object, get_preds_all
 
@@ -23,9 +23,10 @@ from .distrib import is_rank0, rank0_only, rank0_print, on_rank0, broadcast_obje
 __all__ = ['MAX_EPOCHS', 'CKPT_FORMAT', 'OPTS', 'MIXES', 'SCHEDS', 'TTAS', 'PlanError', 'CheckpointError', 'NanLossError',
            'check_plan', 'check_bs', 'check_seed', 'top1', 'top5', 'atomic_file', 'atomic_save', 'rng_state', 'plain',
            'set_rng_state', 'reseed_augmenters', 'dls_size', 'Checkpoint', 'history_csv', 'read_checkpoint',
-           'load_checkpoint', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress', 'MixCut', 'EMA', 'apply_ema',
-           'check_opt', 'get_opt', 'wd_splitter', 'compile_model', 'check_mix', 'tiny_learner', 'find_max_bs',
-           'find_lr', 'cycle_slice', 'check_sched', 'progressive_fit', 'HFlip', 'check_tta', 'evaluate', 'plot_history']
+           'load_checkpoint', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress', 'interactive_output',
+           'PlainProgress', 'MixCut', 'EMA', 'apply_ema', 'check_opt', 'get_opt', 'wd_splitter', 'compile_model',
+           'check_mix', 'tiny_learner', 'find_max_bs', 'find_lr', 'cycle_slice', 'check_sched', 'progressive_fit',
+           'HFlip', 'check_tta', 'evaluate', 'plot_history']
 
 # %% ../nbs/04_learner.ipynb #f85cad51
 class PlanError(ValueError):
@@ -353,6 +354,34 @@ class ThrottledProgress(ProgressCallback):
         if hasattr(self, 'smooth_loss') and time.monotonic() - self.shown >= self.every_s:
             self.shown = time.monotonic(); self.pbar.comment = f'{float(self.smooth_loss):.4f}'
 
+# %% ../nbs/04_learner.ipynb #6f1050ed
+def interactive_output() -> bool:
+    "Whether progress bars can redraw in place: in Jupyter, or when stdout is a terminal"
+    return IN_NOTEBOOK or bool(getattr(sys.stdout, 'isatty', lambda: False)())
+
+class PlainProgress(Callback):
+    "One plain line per epoch and a header line per `progressive_fit` stage, instead of progress bars (for logs and CI)"
+    order,name = 60,'progress'   # `Learner.no_bar` removes it like fastai's bars
+    def before_fit(self):
+        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds') and self.learn.logger is not noop
+        if not self.run: return
+        self.old_logger,self.learn.logger = self.learn.logger,self._log
+        ck = getattr(self.learn, 'checkpoint', None)
+        st,n = (ck.stage,len(ck.meta.get('plan', []))) if ck is not None else ({},0)
+        if st and st.get('lr') is not None:
+            rank0_print(f"stage {st['stage']+1} of {n}: {st['size']} px, {st['epochs']} epochs, lr {st['lr']:.1e}")
+
+    def before_epoch(self): self.t0 = time.time()
+
+    def _log(self, log):
+        ck = getattr(self.learn, 'checkpoint', None)
+        total = sum(m for _,m in ck.meta.get('plan', [])) if ck is not None else 0
+        ep = f"{len(ck.history)+1}/{total}" if total else f"{log[0]+1}/{self.n_epoch}"
+        vals = '  '.join(f"{k} {v:.4f}" for k,v in zip(self.recorder.metric_names[1:], log[1:]) if isinstance(v, float))
+        rank0_print(f"epoch {ep}  {dls_size(self.dls)} px  {vals}  {time.time()-self.t0:.1f} s")
+
+    def after_fit(self): self.learn.logger = self.old_logger
+
 # %% ../nbs/04_learner.ipynb #cf3d6bf4
 def _progress(learn) -> float:
     "How far training has come, 0..1: over the whole `progressive_fit` plan when there is one, else over this fit"
@@ -483,8 +512,10 @@ def _on_gpu(dls):
 @delegates(Learner.__init__)
 def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=0.1, checkpoint='ckpt', opt:str='adam',
                  wd:float=None, ema:float=None, compile:bool=False, ckpt_every:float=120, precision:str='auto', channels_last:bool=None,
-                 max_params:int=26_000_000, path='.', **kwargs) -> Learner:
+                 max_params:int=26_000_000, path=None, **kwargs) -> Learner:
     "A `Learner` for Tiny ImageNet `dls` with model preset `arch` (a key of `ARCHS`), checked against the rules"
+    if path is None: path = FIGURE_DIR; print(f"tiny_learner: checkpoints, history.csv and pictures go to {path} (path= to choose)")
+    figures_to_files(path)
     model = get_arch(arch)(n_out=len(dls.vocab))
     rules = check_rules(model, max_params=max_params, size=64, name=f'arch {arch!r}')
     cbs = L(kwargs.pop('cbs', None))
@@ -501,7 +532,7 @@ def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=
                     **kwargs)
     learn.arch,learn.rules,learn.opt_name = arch,rules,opt
     learn.recorder.smooth_loss = DeviceSmoothLoss(learn.recorder.smooth_loss.beta)
-    learn.remove_cbs([c for c in learn.cbs if type(c) is ProgressCallback]).add_cb(ThrottledProgress())
+    learn.remove_cbs([c for c in learn.cbs if type(c) is ProgressCallback]).add_cb(ThrottledProgress() if interactive_output() else PlainProgress())
     if _on_gpu(dls):
         model.to(dls.device)   # where the fused optimizer expects the parameters
         if precision == 'auto': precision = 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
@@ -605,8 +636,9 @@ def check_sched(sched:str) -> str:
     return sched
 
 def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_kw:dict=None, sched:str='stages',
-                    pct_start:float=0.25, **kwargs):
+                    pct_start:float=0.25, restart_hint:str='resume=False', **kwargs):
     "Fit `learn` stage by stage: `stages` is a list of `(size, epochs, lr)`, `lr=None` runs `lr_find`; resumes from a checkpoint"
+    # `restart_hint`: how the caller starts over, named when the checkpoint belongs to another run (train_recipe: restart=True, the CLI: --restart)
     plan = check_plan(stages)
     check_sched(sched)
     ck = getattr(learn, 'checkpoint', None)
@@ -624,7 +656,7 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
         bad = _mismatch(state['meta'], want)
         if state.get('vocab') != list(learn.dls.vocab): bad.append(f"classes: the checkpoint has {len(state['vocab'])}, the data {len(learn.dls.vocab)}")
         if bad: raise CheckpointError(f"{ck.file} belongs to another run ({'; '.join(bad)}). Run with the same settings "
-                                      f"to resume it, or delete {ck.file.parent} (--restart) to start over")
+                                      f"to resume it, or start over with {restart_hint} (or delete {ck.file})")
         meta = load_checkpoint(learn, state)
         start,done,rng,runs = meta['stage'],meta['stage_epochs'],state['rng'],meta.get('runs', 1)+1
         ended = done >= plan[start][1]     # written at the end of a stage, before the next stage's loaders were made
@@ -676,7 +708,7 @@ def check_tta(tta):
     if tta not in TTAS: raise PlanError(f"unknown tta {tta!r}; use one of: none, {', '.join(TTAS)}")
     return tta
 
-def evaluate(learn, size=None, tta='aug', n:int=4, dl=None) -> dict:
+def evaluate(learn, size=None, tta='aug', n:int=4, dl=None, with_preds:bool=False) -> dict:
     "Top-1 and top-5 accuracy on the validation set, plain and with test-time augmentation `tta` ('flip', 'aug' or None)"
     tta = check_tta(tta)
     if dl is None:
@@ -689,6 +721,7 @@ def evaluate(learn, size=None, tta='aug', n:int=4, dl=None) -> dict:
         if tta == 'flip': tp,tt = (preds + get_preds_all(learn, dl, cbs=[HFlip()])[0])/2,targs
         elif tta == 'aug': tp,tt = get_preds_all(learn, dl, tta=True, n=n)
         if tta: res.update(top1_tta=top1(tp, tt).item(), top5_tta=top5(tp, tt).item())
+    if with_preds: res.update(preds=preds, targs=targs, dl=dl)   # the plain predictions, for an interpretation
     return res
 
 # %% ../nbs/04_learner.ipynb #0b772be5

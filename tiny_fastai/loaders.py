@@ -20,8 +20,9 @@ from .augment import default_augmenter, ImgAugTransform
 from .data import TINY_STATS, Layout, scan, open_image
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'ItemResize', 'BatchResize', 'tiny_datablock', 'default_cache_dir', 'ArrayCache', 'build_cache',
-           'FastDL', 'tiny_dls', 'resize_dls']
+__all__ = ['CACHE_VERSION', 'FIGURE_DIR', 'NON_INTERACTIVE_BACKENDS', 'ItemResize', 'BatchResize', 'tiny_datablock',
+           'default_cache_dir', 'ArrayCache', 'build_cache', 'FastDL', 'save_figures', 'figures_to_files', 'tiny_dls',
+           'resize_dls']
 
 # %% ../nbs/03_loaders.ipynb #5d1e3f24
 class ItemResize(Resize):
@@ -287,6 +288,37 @@ def __iter__(self:FastDL):
     self.after_iter()
     if hasattr(self, 'it'): del(self.it)
 
+# %% ../nbs/03_loaders.ipynb #eae4fc03
+FIGURE_DIR = Path('runs')/'interactive'
+NON_INTERACTIVE_BACKENDS = ('agg', 'cairo', 'pdf', 'pgf', 'ps', 'svg', 'template')
+_figs = dict(folder=FIGURE_DIR, hook=None)
+
+def save_figures(folder=None) -> list:
+    "Save every open matplotlib figure to `folder` (default: the last one `figures_to_files` got) as figure_<n>.png, close it, print the path"
+    import matplotlib, matplotlib.pyplot as plt
+    folder,res = Path(ifnone(folder, _figs['folder'])),[]
+    for n in plt.get_fignums():
+        folder.mkdir(parents=True, exist_ok=True)
+        i = 1 + max([int(p.stem[7:]) for p in folder.glob('figure_*.png') if p.stem[7:].isdigit()], default=0)
+        fig,f = plt.figure(n),folder/f'figure_{i}.png'
+        fig.savefig(f, dpi=80, bbox_inches='tight'); plt.close(fig)
+        print(f"saved the figure to {f} (matplotlib's {matplotlib.get_backend()} backend cannot show it)")
+        res.append(f)
+    return res
+
+def figures_to_files(folder=None) -> bool:
+    "In an interactive terminal session whose matplotlib backend cannot show pictures, save the figures of each statement to `folder`"
+    import matplotlib
+    if folder is not None: _figs['folder'] = Path(folder)
+    if IN_NOTEBOOK or not hasattr(sys, 'ps1') or matplotlib.get_backend().lower() not in NON_INTERACTIVE_BACKENDS: return False
+    if sys.displayhook is not _figs['hook']:
+        prev = sys.displayhook
+        def hook(value):
+            prev(value)
+            save_figures()
+        _figs['hook'] = sys.displayhook = hook
+    return True
+
 # %% ../nbs/03_loaders.ipynb #1f4c0982
 def _on_cuda(device): return torch.device(ifnone(device, default_device())).type == 'cuda'
 
@@ -315,6 +347,7 @@ def tiny_dls(path,                  # Tiny ImageNet folder (official layout), e.
     BatchResize(size)   # a bad size fails here, before any work
     layout = scan(path, check_images=check_images or skip_bad, skip_bad=skip_bad)
     if layout.bad: warnings.warn(f"tiny_dls: skipped {len(layout.bad)} undecodable image(s): " + ', '.join(str(f) for f in layout.bad[:5]))
+    figures_to_files()   # a terminal session without a display: `show_batch` saves its picture (see below)
     if cache:
         cache_dir = Path(ifnone(cache_dir, default_cache_dir(layout.path)))
         caches = _layout_caches(layout, cache_dir, item_size, decode_workers, verbose)

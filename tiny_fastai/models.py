@@ -6,7 +6,7 @@
 __all__ = ['ARCHS', 'PadChannels', 'SepConv', 'ResBlock', 'SepBlock', 'DenseBlock', 'SepXResNet', 'sep_xresnet_tiny',
            'sep_xresnet_small', 'sep_xresnet_medium', 'sep_xresnet_large', 'xresnet_dense', 'xresnet_dense_wide',
            'get_arch', 'RuleError', 'trace_model', 'RulesReport', 'check_rules', 'receptive_field', 'count_macs',
-           'stage_rf', 'model_stats', 'model_table', 'markdown_table']
+           'stage_rf', 'model_stats', 'model_table', 'markdown_table', 'receptive_fields']
 
 # %% ../nbs/02_models.ipynb #7e27ab79
 from fastai.torch_basics import *
@@ -343,3 +343,30 @@ def markdown_table(df):
     fmt = lambda v: f'{v:,}' if isinstance(v, (int, np.integer)) else str(v)
     lines = ['| '+' | '.join(df.columns)+' |', '|'+'---|'*len(df.columns)]
     return '\n'.join(lines + ['| '+' | '.join(fmt(v) for v in r)+' |' for r in df.itertuples(index=False)])
+
+# %% ../nbs/02_models.ipynb #fef0c857
+_RF_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+
+def _rf_walk(m, rf, jump):
+    "(receptive field, jump) after module `m`, from kernel sizes, strides and dilations"
+    if isinstance(m, _RF_LAYERS):
+        k,d = _first(m.kernel_size),_first(getattr(m, 'dilation', 1))
+        return rf + (k-1)*d*jump, jump*_first(m.stride or m.kernel_size)
+    if isinstance(m, ResBlock):
+        (a,j),(b,_) = _rf_walk(m.convpath, rf, jump),_rf_walk(m.idpath, rf, jump)
+        return max(a, b), j
+    for c in m.children(): rf,jump = _rf_walk(c, rf, jump)
+    return rf, jump
+
+def receptive_fields(model) -> list:
+    "(name, receptive field, stride) after each top-level layer of `model`, each block of its stages, computed analytically"
+    res,rf,jump = [],1,1
+    def visit(m, name):
+        nonlocal rf,jump
+        if type(m) is nn.Sequential and any(isinstance(c, ResBlock) for c in m.children()):   # a stage: one row per block
+            for n,c in m.named_children(): visit(c, f'{name}.{n}')
+        elif any(isinstance(o, _RF_LAYERS) for o in m.modules()):
+            rf,jump = _rf_walk(m, rf, jump)
+            res.append((name, rf, jump))
+    for n,c in model.named_children(): visit(c, n)
+    return res

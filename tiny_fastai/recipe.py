@@ -18,8 +18,8 @@ from .learner import (PlanError, check_plan, check_bs, check_seed, check_mix, ch
 from .infer import export_learner, load_model_file, check_vocab
 
 # %% auto #0
-__all__ = ['RECIPES', 'get_recipe', 'resolve_plan', 'cpu_setup', 'lock_run', 'data_id', 'finite', 'results_table', 'train_recipe',
-           'evaluate_model']
+__all__ = ['RECIPES', 'GPU_PRESETS', 'get_recipe', 'resolve_plan', 'TinyInterpretation', 'write_interpretation', 'cpu_estimate',
+           'cpu_setup', 'lock_run', 'data_id', 'finite', 'results_table', 'train_recipe', 'evaluate_model']
 
 # %% ../nbs/06_recipe.ipynb #471d995f
 _DEFAULTS = dict(data=URL_TINY, mix=None, ls=0.1, wd=None, opt='adam', sched='stages', pct_start=0.25, lr_find_it=100,
@@ -74,6 +74,73 @@ def resolve_plan(preset='demo', arch=None, epochs=None, sizes=None, lrs=None, bs
     check_mix(r['mix']); check_opt(r['opt']); check_sched(r['sched']); r['tta'] = check_tta(r['tta'])
     return r
 
+# %% ../nbs/06_recipe.ipynb #18dc88bf
+class TinyInterpretation(ClassificationInterpretation):
+    "fastai's `ClassificationInterpretation` from predictions already made (`evaluate(..., with_preds=True)`)"
+    def __init__(self, learn, dl, preds, targs):
+        self.preds,self.targs,self.keep = preds.float(),targs.long(),None
+        super().__init__(learn, dl, F.nll_loss(self.preds.clamp_min(1e-12).log(), self.targs, reduction='none'))
+
+    @classmethod
+    def from_evaluation(cls, learn, ev:dict): return cls(learn, ev['dl'], ev['preds'], ev['targs'])
+
+    def confusion_matrix(self):
+        "The confusion matrix (rows: actual) from the stored predictions, of the classes `keep` only if set"
+        n = len(self.dl.vocab)
+        cm = torch.bincount(self.targs*n + self.preds.argmax(1), minlength=n*n).view(n, n)
+        return to_np(cm if self.keep is None else cm[self.keep][:, self.keep])
+
+    def plot_confused(self, k:int=20, **kwargs):
+        "fastai's `plot_confusion_matrix` of the `k` classes that come first in the most confused pairs"
+        cm = self.confusion_matrix(); np.fill_diagonal(cm, 0)
+        keep = []
+        for i in np.argsort(-cm, axis=None, kind='stable'):
+            keep += [c for c in divmod(int(i), cm.shape[1]) if c not in keep]
+            if len(keep) >= k: break
+        vocab,self.keep = self.vocab,keep[:k]
+        self.vocab = [vocab[i] for i in self.keep]
+        try: self.plot_confusion_matrix(**kwargs)
+        finally: self.vocab,self.keep = vocab,None
+        return plt.gcf()
+
+def _save_fig(fig, fname, dpi=50):
+    "Save `fig` as a small PNG (256 colours) and close it"
+    buf = io.BytesIO(); fig.savefig(buf, dpi=dpi, bbox_inches='tight'); plt.close(fig)
+    Image.open(buf).convert('RGB').quantize(256).save(fname, optimize=True)
+
+def write_interpretation(learn, ev:dict, out, k:int=20, n_top:int=9) -> list:
+    "Save `top_losses.png` and `confusion.png` (the `k` most confused classes) to `out`; return the `k` most confused pairs"
+    interp = TinyInterpretation.from_evaluation(learn, ev)
+    with learn.no_bar(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        interp.plot_top_losses(min(n_top, len(interp.targs)), nrows=3, figsize=(13, 11))
+    _save_fig(plt.gcf(), Path(out)/'top_losses.png')
+    _save_fig(interp.plot_confused(k, figsize=(9, 9), title=f'the {min(k, len(interp.vocab))} most confused classes'),
+              Path(out)/'confusion.png', dpi=60)
+    return [[a, b, int(n)] for a,b,n in interp.most_confused()[:k]]
+
+GPU_PRESETS = ('sprint', 'full')
+
+def cpu_estimate(r:dict, bs:int=4, n_train:int=100_000, n_valid:int=10_000) -> list:
+    "Seconds per epoch on this CPU at each size of the resolved plan `r`, from timing one training step of `bs` images per size"
+    model = get_arch(r['arch'])(n_out=200).train()
+    res = []
+    for size in [r['sizes'][0], *r['sizes']]:   # the first step is a warm-up
+        x,y = torch.randn(bs, 3, size, size),torch.randint(0, 200, (bs,))
+        t = time.perf_counter()
+        F.cross_entropy(model(x), y).backward(); model.zero_grad(set_to_none=True)
+        res.append((time.perf_counter() - t)/bs * (n_train + n_valid/3))
+    return res[1:]
+
+def _check_gpu(preset, r, device, cli):
+    if preset not in GPU_PRESETS or device is not None or torch.cuda.is_available(): return
+    per = cpu_estimate(r)
+    total = sum(s*n for s,n in zip(per, r['epochs']))
+    st = ', '.join(f"{n} x {s/60:.0f} min at {size}px" for s,n,size in zip(per, r['epochs'], r['sizes']))
+    raise PlanError(f"preset {preset!r} is made for a GPU and there is none: on this CPU it would take about {total/3600:,.1f} hours "
+                    f"({st} per epoch; estimated by timing one training step of 4 images per size); "
+                    f"{'pass --cpu' if cli else 'pass device=' + repr('cpu')} to train on the CPU anyway")
+
 # %% ../nbs/06_recipe.ipynb #dbdec0e2
 def cpu_setup(num_workers:int=None) -> int:
     "For training on the CPU: loader workers and PyTorch threads that together use the cores without oversubscribing them"
@@ -124,12 +191,13 @@ def results_table(res) -> str:
 
 def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None, sizes=None, lrs=None, bs=None,
                  seed:int=42, restart:bool=False, num_workers:int=None, skip_bad:bool=False, device=None, tta=True,
-                 deterministic:bool=False, cbs=None, dls_kwargs:dict=None, **overrides) -> dict:
+                 deterministic:bool=False, cbs=None, dls_kwargs:dict=None, cli:bool=False, **overrides) -> dict:
     "Run (or resume) the training recipe `preset` with overrides; write results.json, model.pkl and plots to `out`"
     t0 = time.time()
     r = resolve_plan(preset, arch=arch, epochs=epochs, sizes=sizes, lrs=lrs, bs=bs, **overrides)
     tta = r['tta'] if tta is True else check_tta(tta)    # True: the preset's kind of TTA
     seed = check_seed(seed)
+    _check_gpu(preset, r, device, cli)   # `cli`: errors name --cpu and --restart, not device= and restart=
     out = Path(out if out is not None else Path('runs')/preset)
     if out.exists() and not out.is_dir(): raise PlanError(f"--out {out} exists and is not a folder")
     src = data if data is not None else r['data']
@@ -145,7 +213,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], opt=r['opt'], ema=r['ema'], path=out, cbs=cbs,
                          compile=r['compile'] and device.type == 'cuda')   # compiling pays on a GPU only
     if restart and is_rank0():   # nothing of the old run stays beside the new checkpoint
-        for f in [learn.checkpoint.file, *[out/n for n in ('history.csv', 'results.json', 'model.pkl', 'history.png')],
+        for f in [learn.checkpoint.file, *[out/n for n in ('history.csv', 'results.json', 'model.pkl', 'history.png', 'top_losses.png', 'confusion.png')],
                   *out.glob('lr_find_*.png')]: Path(f).unlink(missing_ok=True)
     config = dict(bs=r['bs'], mix=r['mix'], ls=r['ls'], seed=seed, data=data_id(dls),
                   **{k: r[k] for k in ('opt', 'ema') if r[k] != _DEFAULTS[k]})
@@ -153,14 +221,14 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
          f"{len(dls.valid_ds):,} val images from {path}, on {_device_name(dls)}")
     with distrib_training(learn):
         progressive_fit(learn, r['stages'], config=config, pct_start=r['pct_start'], sched=r['sched'],
-                        lr_find_kw=dict(num_it=r['lr_find_it']))
+                        lr_find_kw=dict(num_it=r['lr_find_it']), restart_hint='--restart' if cli else 'restart=True')
     ck = learn.checkpoint
     if learn.epochs_trained == 0 and (out/'results.json').exists():   # a finished run run again changes nothing
         rank0_print(f"{out} holds a finished run: its results.json and model.pkl are kept as they are")
         return json.loads((out/'results.json').read_text())
     apply_ema(learn)   # evaluate and export the averaged weights
     rank0_print("evaluating on the val set" + (f" (with {tta} TTA)" if tta else ""))
-    ev = evaluate(learn, size=r['sizes'][-1], tta=tta, n=r['tta_n'])
+    ev = evaluate(learn, size=r['sizes'][-1], tta=tta, n=r['tta_n'], with_preds=True)
     res = dict(top1=ev['top1'], top5=ev['top5'], top1_tta=ev.get('top1_tta'), top5_tta=ev.get('top5_tta'),
                params=learn.rules['params'], stages=[dict(size=s, epochs=n, lr=lr) for s,n,lr in zip(r['sizes'], r['epochs'], ck.meta['lrs'])],
                epochs=sum(r['epochs']), wall_s=round(time.time()-t0, 1), train_s=round(sum(h['time_s'] for h in ck.history), 1),
@@ -170,13 +238,14 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     if is_rank0():
         export_learner(learn, out/'model.pkl')
         plot_history(ck.history, out/'history.png')
+        t1 = time.time(); res['most_confused'] = write_interpretation(learn, ev, out); res['interpret_s'] = round(time.time()-t1, 2)
         res['files'] = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith('.')) + ['results.json']
         res['files'] = sorted(set(res['files']))
         atomic_save(json.dumps(finite(res), indent=1, allow_nan=False) + '\n', out/'results.json', text=True)
     return res
 
 # %% ../nbs/06_recipe.ipynb #d2b0e008
-def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True, seed:int=42) -> dict:
+def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True, seed:int=42, out=None) -> dict:
     "Top-1/top-5 (plain and with `tta`) of the exported learner in the file `model` on the val set of `data` (default: its own)"
     learn = load_model_file(model, cpu=not torch.cuda.is_available())
     if data is None:   # a model knows the data it was trained on
@@ -190,4 +259,11 @@ def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True,
     check_vocab(learn, dls.vocab, what=f"the data at {path}", model=str(model))
     learn.dls = dls
     set_seed(check_seed(seed))
-    return dict(evaluate(learn, tta=tta), size=size)
+    ev = evaluate(learn, tta=tta, with_preds=out is not False)
+    res = dict({k: v for k,v in ev.items() if k not in ('preds', 'targs', 'dl')}, size=size)
+    if out is not False:   # the pictures and the results beside the model (or in `out`)
+        out = Path(ifnone(out, Path(model).parent)); out.mkdir(parents=True, exist_ok=True)
+        res['most_confused'] = write_interpretation(learn, ev, out)
+        atomic_save(json.dumps(finite(dict(res, model=str(model), data=str(path))), indent=1) + '\n', out/'evaluate.json', text=True)
+        res['out'] = str(out)
+    return res
