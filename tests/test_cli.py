@@ -128,3 +128,15 @@ def test_bad_image_refused_unless_skip_bad(tmp_path):
     code, out, err = run_main(*args, '--skip-bad')
     assert code == 0, err
     assert json.loads((tmp_path/'o'/'results.json').read_text())['n_train'] == 29
+
+def test_safetensors_by_default_in_new_process(demo, images):
+    "The run folder loads model.safetensors + model.json (no pickle warning), with the same top-1; model.pkl, when named, warns"
+    out, _ = demo
+    assert (out/'model.safetensors').stat().st_size > 0 and json.loads((out/'model.json').read_text())['arch'] == 'tiny'
+    r = cli('evaluate', out, '--json', '--no-tta')
+    assert r.returncode == 0 and 'pickle' not in r.stderr, r.stderr[-3000:]
+    assert json.loads(r.stdout)['top1'] == pytest.approx(json.loads((out/'results.json').read_text())['top1'], abs=1e-6)
+    r = cli('predict', out/'model.safetensors', images/'val.JPEG', images/'gray.jpg')
+    assert r.returncode == 0 and 'pickle' not in r.stderr and len(r.stdout.strip().splitlines()) == 2, r.stderr[-3000:]
+    r = cli('predict', out/'model.pkl', images/'val.JPEG')
+    assert r.returncode == 0 and 'pickle' in r.stderr, r.stderr[-3000:]

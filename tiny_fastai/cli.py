@@ -27,9 +27,14 @@ def _lrs(s):
     return res
 
 # %% ../nbs/08_cli.ipynb #ad827c39
+_MODEL_HELP = ("a run folder of tiny-fastai train, or its model.safetensors or model.json (weights and a description, loaded "
+               "without pickle: safe to share); a model.pkl is used only when named, and it is a pickle, which runs code when "
+               "loaded: only use a model.pkl you made yourself")
+
 def get_parser() -> argparse.ArgumentParser:
     "The `tiny-fastai` argument parser"
-    p = argparse.ArgumentParser(prog='tiny-fastai', description="Train, evaluate and use an image classifier on Tiny ImageNet with fastai.")
+    p = argparse.ArgumentParser(prog='tiny-fastai', description="Train, evaluate and use an image classifier on Tiny ImageNet with fastai.",
+                                epilog="MODEL files: share model.safetensors + model.json; model.pkl is a pickle that runs code when loaded (only trust your own).")
     sub = p.add_subparsers(dest='cmd', metavar='COMMAND')
     t = sub.add_parser('train', help="train (or resume) a recipe; with no option: the demo on the bundled sample, on CPU",
                        description="Train the recipe PRESET. Run the same command again to resume an interrupted run.")
@@ -53,7 +58,7 @@ def get_parser() -> argparse.ArgumentParser:
     c.add_argument('--compile', dest='compile', action='store_true', default=None, help="torch.compile the model (GPU; default: the preset's)")
     c.add_argument('--no-compile', dest='compile', action='store_false', help="do not compile the model")
     e = sub.add_parser('evaluate', help="top-1/top-5 of an exported model on a Tiny ImageNet val set")
-    e.add_argument('model', help="a model.pkl written by tiny-fastai train")
+    e.add_argument('model', help=_MODEL_HELP)
     e.add_argument('--data', help="Tiny ImageNet folder, archive or URL whose classes are the model's (default: the data it was trained on)")
     e.add_argument('--bs', default='128', help="batch size (default 128)")
     e.add_argument('--workers', help="data loader processes")
@@ -61,7 +66,7 @@ def get_parser() -> argparse.ArgumentParser:
     e.add_argument('--seed', default='42', help="random seed of the TTA augmentations (default 42)")
     e.add_argument('--json', action='store_true', help="print the result as JSON")
     r = sub.add_parser('predict', help="top classes of image files")
-    r.add_argument('model', help="a model.pkl written by tiny-fastai train")
+    r.add_argument('model', help=_MODEL_HELP)
     r.add_argument('images', nargs='+', metavar='IMAGE', help="image files (any size; JPEG, PNG, ...)")
     r.add_argument('-k', default='5', help="how many classes to show (default 5)")
     r.add_argument('--json', action='store_true', help="print the result as JSON")
@@ -108,15 +113,14 @@ def _evaluate(a):
 
 def _predict(a):
     k = _int(a.k, 'k', 1)
-    from tiny_fastai.infer import load_model_file, predict_files, open_image_file, ImageFileError
+    from tiny_fastai.infer import load_model, iter_predictions, open_image_file, ImageFileError
     probs = []
     for f in a.images:
         try: open_image_file(f)
         except ImageFileError as e: probs.append(str(e))
     if probs: raise ImageFileError('; '.join(probs))
-    learn = load_model_file(a.model)
-    res = predict_files(learn, a.images, k=k)
-    if a.json: print(json.dumps(res))
+    res = iter_predictions(load_model(a.model), a.images, k=k)   # batch by batch: never every image at once
+    if a.json: print(json.dumps(list(res)))
     else:
         for r in res: print(f"{r['file']}: " + ', '.join(f"{c} ({p:.1%})" for c,p in r['top']))
     return 0

@@ -15,7 +15,7 @@ from .models import get_arch
 from .distrib import init_distrib, distrib_training, rank0_first, is_rank0, rank0_print, local_bs, world_size
 from .learner import (PlanError, check_plan, check_bs, check_seed, check_mix, check_opt, check_sched, check_tta,
                                  tiny_learner, progressive_fit, apply_ema, evaluate, plot_history, atomic_save, dls_size)
-from .infer import export_learner, load_model_file, check_vocab
+from .infer import export_learner, export_model, load_model, check_vocab
 
 # %% auto #0
 __all__ = ['RECIPES', 'GPU_PRESETS', 'get_recipe', 'resolve_plan', 'TinyInterpretation', 'write_interpretation', 'cpu_estimate',
@@ -192,7 +192,7 @@ def results_table(res) -> str:
 def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None, sizes=None, lrs=None, bs=None,
                  seed:int=42, restart:bool=False, num_workers:int=None, skip_bad:bool=False, device=None, tta=True,
                  deterministic:bool=False, cbs=None, dls_kwargs:dict=None, cli:bool=False, **overrides) -> dict:
-    "Run (or resume) the training recipe `preset` with overrides; write results.json, model.pkl and plots to `out`"
+    "Run (or resume) the training recipe `preset` with overrides; write results.json, the model files and plots to `out`"
     t0 = time.time()
     r = resolve_plan(preset, arch=arch, epochs=epochs, sizes=sizes, lrs=lrs, bs=bs, **overrides)
     tta = r['tta'] if tta is True else check_tta(tta)    # True: the preset's kind of TTA
@@ -213,7 +213,8 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], opt=r['opt'], ema=r['ema'], path=out, cbs=cbs,
                          compile=r['compile'] and device.type == 'cuda')   # compiling pays on a GPU only
     if restart and is_rank0():   # nothing of the old run stays beside the new checkpoint
-        for f in [learn.checkpoint.file, *[out/n for n in ('history.csv', 'results.json', 'model.pkl', 'history.png', 'top_losses.png', 'confusion.png')],
+        for f in [learn.checkpoint.file, *[out/n for n in ('history.csv', 'results.json', 'model.pkl', 'model.safetensors', 'model.json', 'history.png',
+                                                              'top_losses.png', 'confusion.png')],
                   *out.glob('lr_find_*.png')]: Path(f).unlink(missing_ok=True)
     config = dict(bs=r['bs'], mix=r['mix'], ls=r['ls'], seed=seed, data=data_id(dls),
                   **{k: r[k] for k in ('opt', 'ema') if r[k] != _DEFAULTS[k]})
@@ -237,6 +238,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
                world_size=world_size(), bs_per_process=local_bs(r['bs']), n_train=len(dls.train_ds), n_valid=ev['n_valid'], tta=tta, tta_n=r['tta_n'] if tta == 'aug' else 0, opt=r['opt'], sched=r['sched'], ema=r['ema'])
     if is_rank0():
         export_learner(learn, out/'model.pkl')
+        export_model(learn, out/'model.safetensors')   # and model.json: the files to share
         plot_history(ck.history, out/'history.png')
         t1 = time.time(); res['most_confused'] = write_interpretation(learn, ev, out); res['interpret_s'] = round(time.time()-t1, 2)
         res['files'] = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith('.')) + ['results.json']
@@ -246,23 +248,25 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
 
 # %% ../nbs/06_recipe.ipynb #d2b0e008
 def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True, seed:int=42, out=None) -> dict:
-    "Top-1/top-5 (plain and with `tta`) of the exported learner in the file `model` on the val set of `data` (default: its own)"
-    learn = load_model_file(model, cpu=not torch.cuda.is_available())
+    "Top-1/top-5 (plain and with `tta`) of the model in `model` (see `load_model`) on the val set of `data` (default: its own)"
+    m = load_model(model, cpu=not torch.cuda.is_available())
+    learn = m if isinstance(m, Learner) else None   # a pickled learner, or a `TinyModel` rebuilt from safetensors
     if data is None:   # a model knows the data it was trained on
-        data = Path(learn.dls.path)
+        data = Path(learn.dls.path if learn is not None else m.info.get('data') or '.')
         if not (data/'wnids.txt').exists():
             raise PlanError(f"{model} was trained on {data}, which is not on this machine: give the data (--data)")
     if not torch.cuda.is_available(): num_workers = cpu_setup(num_workers)
     path = get_tiny_imagenet(data)
-    size = dls_size(learn.dls) or 64
+    size = (dls_size(learn.dls) if learn is not None else m.size) or 64
     dls = tiny_dls(path, size=size, bs=bs, num_workers=num_workers)   # any positive batch size: no training here
-    check_vocab(learn, dls.vocab, what=f"the data at {path}", model=str(model))
-    learn.dls = dls
+    check_vocab(m, dls.vocab, what=f"the data at {path}", model=str(model))
+    if learn is not None: learn.dls = dls
+    else: learn = m.learner(dls)
     set_seed(check_seed(seed))
     ev = evaluate(learn, tta=tta, with_preds=out is not False)
     res = dict({k: v for k,v in ev.items() if k not in ('preds', 'targs', 'dl')}, size=size)
     if out is not False:   # the pictures and the results beside the model (or in `out`)
-        out = Path(ifnone(out, Path(model).parent)); out.mkdir(parents=True, exist_ok=True)
+        out = Path(ifnone(out, model if Path(model).is_dir() else Path(model).parent)); out.mkdir(parents=True, exist_ok=True)
         res['most_confused'] = write_interpretation(learn, ev, out)
         atomic_save(json.dumps(finite(dict(res, model=str(model), data=str(path))), indent=1) + '\n', out/'evaluate.json', text=True)
         res['out'] = str(out)

@@ -1,0 +1,163 @@
+"""tiny_fastai.infer with a model trained by `train_recipe` (on a 5-class slice of the bundled sample): the run writes
+model.safetensors + model.json beside model.pkl; evaluate and predict load the pair by default without unpickling anything
+and give the same results as the pickled learner; model.pkl is loaded only when named, with fastai's warning; files
+that do not fit give one line naming them; predict decodes its images batch by batch."""
+import contextlib, io, json, pickle, shutil, warnings, pytest, torch
+from pathlib import Path
+from fastai.learner import Learner
+from safetensors.torch import load_file, save_file
+import tiny_fastai.infer as infer
+from tiny_fastai.infer import (TinyModel, ModelFileError, load_model, load_safetensors, predict_files, iter_predictions,
+                               read_model_info)
+from tiny_fastai.cli import main
+from tiny_fastai.data import make_subset, sample_path
+from tiny_fastai.recipe import train_recipe, evaluate_model
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    "A finished quick run: (its folder, its data, its results)"
+    d = tmp_path_factory.mktemp('infer')
+    data = make_subset(sample_path(), d/'tiny', n_classes=5, n_train=20, n_val=10)
+    res = train_recipe('demo', out=d/'run', data=data, sizes=[16, 32], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False, num_workers=0)
+    return d/'run', data, res
+
+@pytest.fixture(scope='module')
+def images(run):
+    "Six validation images of the run's data"
+    return sorted((run[1]/'val'/'images').iterdir())[:6]
+
+def run_main(*args):
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        try: code = main([str(a) for a in args])
+        except SystemExit as x: code = x.code
+    return code, o.getvalue(), e.getvalue()
+
+@pytest.fixture
+def no_pickle(monkeypatch):
+    "Make every way of unpickling (and `torch.load`, `load_learner`) fail"
+    def refuse(*a, **k): raise AssertionError('pickle used')
+    for mod, name in ((pickle, 'load'), (pickle, 'loads'), (pickle, 'Unpickler'), (torch, 'load'), (infer, 'load_learner')):
+        monkeypatch.setattr(mod, name, refuse)
+
+def test_train_writes_safetensors_pair(run):
+    "The run writes model.safetensors and model.json (atomically: no temporary file left) with what rebuilds the model"
+    out, _, res = run
+    assert {'model.safetensors', 'model.json', 'model.pkl'} <= set(res['files'])
+    assert not list(out.glob('.model.*'))
+    info = json.loads((out/'model.json').read_text())
+    assert info['arch'] == 'tiny' and info['arch_kwargs'] == {'n_out': 5} and info['classes'] == res['classes']
+    assert info['size'] == 32 and info['item_size'] == [64, 64] and len(info['stats']) == 2 and len(info['wnids']) == 5
+    assert all(w and w.startswith('n') for w in info['wnids']) and info['data'] == res['data']
+    sd = load_file(out/'model.safetensors')
+    assert sd and all(isinstance(t, torch.Tensor) for t in sd.values())
+
+def test_default_route_without_pickle(run, images, no_pickle):
+    "A run folder, model.safetensors or model.json loads, evaluates and predicts with every unpickler disabled"
+    out, data, res = run
+    for p in (out, out/'model.safetensors', out/'model.json'): assert isinstance(load_model(p), TinyModel)
+    ev = evaluate_model(out, data, num_workers=0, tta=False)
+    assert ev['n_valid'] == 50 and ev['size'] == 32 and ev['top1'] == pytest.approx(res['top1'], abs=1e-6)
+    assert evaluate_model(out/'model.json', num_workers=0, tta=False)['top1'] == ev['top1']   # its own data by default
+    code, o, err = run_main('predict', out, *images, '--json', '-k', '3')
+    assert code == 0, err
+    assert [Path(r['file']).name for r in json.loads(o)] == [f.name for f in images]
+    code, o, err = run_main('evaluate', out, '--data', data, '--json', '--no-tta', '--workers', '0')
+    assert code == 0 and json.loads(o)['top1'] == ev['top1'], err
+    with pytest.raises(ModelFileError, match='pickle used'): load_model(out/'model.pkl')   # the patch works
+
+def test_pickle_only_when_named(run, tmp_path):
+    "model.pkl is loaded only when its path is given, with fastai's warning; a folder holding only a model.pkl is refused"
+    out, _, _ = run
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        assert isinstance(load_model(out), TinyModel)
+    assert not any('pickle' in str(w.message) for w in ws)
+    with pytest.warns(UserWarning, match='pickle'): assert isinstance(load_model(out/'model.pkl'), Learner)
+    shutil.copy(out/'model.pkl', tmp_path/'model.pkl')
+    with pytest.raises(ModelFileError, match='no model.safetensors') as e: load_model(tmp_path)
+    assert str(tmp_path/'model.pkl') in str(e.value)
+    for cmd in ('predict', 'evaluate'):
+        code, o, _ = run_main(cmd, '--help')
+        assert code == 0 and 'model.safetensors' in o and 'pickle' in o and 'runs code' in o.replace('\n', ' ').replace('  ', ' ')
+
+def test_same_results_both_routes(run, images):
+    "evaluate (plain and TTA) and predict give the same numbers from the safetensors pair as from the pickled learner"
+    out, data, _ = run
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        a = evaluate_model(out/'model.pkl', data, num_workers=0, tta=True, bs=16)
+        pk = load_model(out/'model.pkl')
+    b = evaluate_model(out, data, num_workers=0, tta=True, bs=16)
+    assert a == b, (a, b)
+    st = load_model(out)
+    pa, pb = predict_files(pk, images, k=5, bs=4), predict_files(st, images, k=5, bs=4)
+    assert [[c for c, _ in r['top']] for r in pa] == [[c for c, _ in r['top']] for r in pb]
+    assert [p for r in pa for _, p in r['top']] == pytest.approx([p for r in pb for _, p in r['top']], abs=1e-5)
+
+def _copy(out, d):
+    d.mkdir()
+    for f in ('model.safetensors', 'model.json'): shutil.copy(out/f, d/f)
+    return d, json.loads((d/'model.json').read_text())
+
+def _weights(d, info, change):
+    "Rewrite the weights of `d` with `change(state_dict)` and a model.json without their sha256"
+    sd = load_file(d/'model.safetensors'); change(sd); save_file(sd, d/'model.safetensors')
+    (d/'model.json').write_text(json.dumps({k: v for k, v in info.items() if k != 'sha256'}))
+
+BAD = {
+    'missing json':    (lambda d, i: (d/'model.json').unlink(), 'model.json', 'is missing'),
+    'invalid json':    (lambda d, i: (d/'model.json').write_text('{"arch": "tiny",'), 'model.json', 'is not valid JSON'),
+    'json list':       (lambda d, i: (d/'model.json').write_text('[1, 2]'), 'model.json', 'holds a JSON list'),
+    'missing keys':    (lambda d, i: (d/'model.json').write_text(json.dumps({k: v for k, v in i.items() if k not in ('arch', 'stats')})),
+                        'model.json', 'lacks arch, stats'),
+    'unknown arch':    (lambda d, i: (d/'model.json').write_text(json.dumps(dict(i, arch='resnet50'))), 'model.json', "unknown arch 'resnet50'"),
+    'other arch':      (lambda d, i: (d/'model.json').write_text(json.dumps(dict(i, arch='small', sha256=None))), 'model.safetensors',
+                        "does not hold the weights of arch 'small'"),
+    'other weights':   (lambda d, i: (d/'model.safetensors').write_bytes((d/'model.safetensors').read_bytes()[:-4] + b'\0\0\0\0'),
+                        'model.json', 'was written for other weights'),
+    'missing tensor':  (lambda d, i: _weights(d, i, lambda sd: sd.pop(sorted(sd)[0])), 'model.safetensors', 'missing '),
+    'extra tensor':    (lambda d, i: _weights(d, i, lambda sd: sd.update(extra=torch.zeros(2))), 'model.safetensors', 'unexpected extra'),
+    'wrong shape':     (lambda d, i: _weights(d, i, lambda sd: sd.update({k: torch.zeros(3) for k in sorted(sd)[:1]})),
+                        'model.safetensors', 'is (3,), not'),
+    'not safetensors': (lambda d, i: _weights(d, i, lambda sd: None) or (d/'model.safetensors').write_text('hello'),
+                        'model.safetensors', 'is not a safetensors file'),
+    'too few classes': (lambda d, i: (d/'model.json').write_text(json.dumps(dict(i, classes=i['classes'][:3]))), 'model.json',
+                        'names 3 classes for a model with 5 outputs'),
+}
+
+@pytest.mark.parametrize('case', BAD)
+def test_bad_model_files(run, tmp_path, case):
+    "Each broken pair gives a one-line ModelFileError naming the file, in Python and from the CLI"
+    out, data, _ = run
+    change, fname, msg = BAD[case]
+    d, info = _copy(out, tmp_path/'m')
+    change(d, info)
+    with pytest.raises(ModelFileError) as e: load_safetensors(d)
+    assert str(d/fname) in str(e.value) and msg in str(e.value) and '\n' not in str(e.value), str(e.value)
+    code, _, err = run_main('evaluate', d/'model.safetensors', '--data', data)
+    assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+
+def test_read_model_info_ok(run):
+    assert read_model_info(run[0]/'model.json')['arch'] == 'tiny'
+
+@pytest.mark.parametrize('route', ['safetensors', 'pkl'])
+def test_predict_decodes_batch_by_batch(run, images, monkeypatch, route):
+    "`iter_predictions` yields the first batch after opening `bs` files, and `predict_files` opens no more before each batch"
+    out, _, _ = run
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        m = load_model(out if route == 'safetensors' else out/'model.pkl')
+    opened, at_forward = [], []
+    real = infer.open_image_file
+    monkeypatch.setattr(infer, 'open_image_file', lambda f: (opened.append(f), real(f))[1])
+    net = m.model
+    h = net.register_forward_hook(lambda *a: at_forward.append(len(opened)))
+    try:
+        files = images + images[:1]   # 7 files, batches of 3
+        first = next(iter_predictions(m, files, bs=3))
+        assert first['file'] == str(files[0]) and len(opened) == 3
+        opened.clear(); at_forward.clear()
+        res = predict_files(m, files, bs=3)
+        assert len(res) == 7 and at_forward == [3, 6, 7]
+    finally: h.remove()
