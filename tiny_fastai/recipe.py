@@ -26,7 +26,7 @@ _DEFAULTS = dict(data=URL_TINY, mix=None, ls=0.1, wd=None, opt='adam', sched='st
                  tta='aug', tta_n=4, aug=1.0, cache=True, ema=None, compile=False)
 
 RECIPES = {
-    'demo':   dict(_DEFAULTS, data=None, arch='tiny', sizes=(32,64), epochs=(6,2), lrs=(1e-2,3e-3), bs=64),
+    'demo':   dict(_DEFAULTS, data=None, arch='tiny', sizes=(24,32), epochs=(6,10), lrs=(1e-2,1e-2), bs=64, sched='one'),
     'sprint': dict(_DEFAULTS, arch='dense', sizes=(32,48,64), epochs=(10,14,16), lrs=(0.4,0.4,0.4), bs=512, opt='sgd',
                    wd=5e-4, sched='one', pct_start=0.15, tta='flip'),
     'full':   dict(_DEFAULTS, arch='dense_wide', sizes=(32,48,64), epochs=(40,80,280), lrs=(0.2,0.2,0.2), bs=256, opt='sgd',
