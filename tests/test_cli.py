@@ -1,6 +1,6 @@
 """The `tiny-fastai` command: the demo preset end to end in a subprocess (small epochs) with its results.json, the exported
 model reloaded in new processes by `predict` (awkward images) and `evaluate`, and one-line errors with exit code 2."""
-import contextlib, io, json, subprocess, sys, shutil, pytest
+import contextlib, io, json, os, subprocess, sys, shutil, pytest
 from pathlib import Path
 import numpy as np
 from PIL import Image
@@ -109,6 +109,7 @@ def test_model_file_errors(demo, tmp_path):
     (['--preset', 'huge'], "unknown preset 'huge'; known presets: demo, sprint, full"),
     (['--arch', 'resnet50'], "unknown arch 'resnet50'"),
     (['--data', '/nonexistent/tiny'], '/nonexistent/tiny does not exist'),
+    (['--sizes', '20000', '--epochs', '1'], 'stage 1: size 20000 px is above the limit of 512 px'),
 ])
 def test_train_errors(tmp_path, args, msg):
     "Bad settings: exit code 2, one line on stderr that names the problem, nothing written"
@@ -140,3 +141,11 @@ def test_safetensors_by_default_in_new_process(demo, images):
     assert r.returncode == 0 and 'pickle' not in r.stderr and len(r.stdout.strip().splitlines()) == 2, r.stderr[-3000:]
     r = cli('predict', out/'model.pkl', images/'val.JPEG')
     assert r.returncode == 0 and 'pickle' in r.stderr, r.stderr[-3000:]
+
+def test_read_only_out(tmp_path, monkeypatch):
+    "A read-only --out: one line naming it, exit code 2, before the data is read"
+    ro = tmp_path/'ro'; ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, 'access', lambda p, mode, **k: False if Path(p) == ro else real(p, mode, **k))   # as chmod 555 does (not for root)
+    code, _, err = run_main('train', '--out', ro, '--data', tmp_path/'missing')
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f'--out {ro} cannot be written' in err, err

@@ -315,3 +315,14 @@ def test_images_read_as_a_person_sees_them(tmp_path):
     im = Image.new('RGB', (20, 10), (255, 0, 0)); ex = im.getexif(); ex[0x0112] = 6      # "rotate 90 degrees" in EXIF
     f = tmp_path/'rot.jpg'; im.save(f, exif=ex)
     assert open_image(f).size == (10, 20)
+
+
+def test_image_above_the_decompression_bomb_limit(copy, monkeypatch):
+    "An image larger than PIL's decompression-bomb limit: an error naming the file and the limit, not 'cannot decode'"
+    import PIL.Image
+    f = sorted((copy/'train').glob('*/images/*.JPEG'))[0]
+    monkeypatch.setattr(PIL.Image, 'MAX_IMAGE_PIXELS', 1000)   # a 64x64 image is then more than twice the limit
+    with pytest.raises(LayoutError) as e: open_image(f)
+    msg = str(e.value)
+    assert msg.startswith(f"image {f} is larger than PIL's decompression-bomb limit (") and 'PIL.Image.MAX_IMAGE_PIXELS' in msg, msg
+    assert '--skip-bad' in msg and e.value.bad == [f]

@@ -1,7 +1,7 @@
 """tiny_fastai.learner (in-process, on a 5-class slice of the bundled sample, CPU): PyTorch's optimizers with weight decay
 on conv weights only, one cycle across stages, MixCut, EMA, flip TTA, compiled models, throttled checkpoints and signal
 handlers; `find_max_bs` (its search, the CPU fallback, and on a GPU the largest batch with the model left untouched)."""
-import os, signal, pytest, torch
+import errno, os, signal, pytest, torch
 from pathlib import Path
 from fastai.vision.all import (Callback, CancelFitException, OptimWrapper, combined_cos, Learner, CrossEntropyLossFlat)
 from tiny_fastai.data import make_subset, sample_path
@@ -182,3 +182,40 @@ def test_checkpoint_is_data_only(data, tmp_path):
     learn.checkpoint.file.write_bytes(pickle.dumps({'format': CKPT_FORMAT, 'x': Evil()}))
     with pytest.raises(CheckpointError, match='would run code'): read_checkpoint(learn.checkpoint.file)
     assert not (tmp_path/'pwned').exists()
+
+
+# ---------------------------------------------------------------- a full disk, an incomplete checkpoint
+
+_FULL = [RuntimeError('[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/3: file write failed'),
+         RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 1472 vs 1368'),
+         OSError(errno.ENOSPC, 'No space left on device')]
+
+@pytest.mark.parametrize('err', _FULL, ids=['file write failed', 'unexpected pos', 'ENOSPC'])
+def test_full_disk_during_checkpoint_and_export(data, tmp_path, monkeypatch, err):
+    "A disk that fills while the checkpoint or the exported model is written: one line naming the file; the previous file stays good"
+    learn = tiny_learner(_dls(data), 'tiny', path=tmp_path)
+    learn.fit(1, 1e-3)
+    ck, model = learn.checkpoint.file, export_learner(learn, tmp_path/'model.pkl')
+    real = torch.save
+    def save(obj, f, *args, **kwargs):   # half a file, then the error a full disk gives
+        if isinstance(f, (str, os.PathLike)): Path(f).write_bytes(b'half a file')
+        else: f.write(b'half a file')
+        raise err
+    monkeypatch.setattr(torch, 'save', save)
+    for run,f in ((lambda: learn.fit(1, 1e-3), ck), (learn.checkpoint.save, ck), (lambda: export_learner(learn, model), model)):
+        with pytest.raises(OSError) as e: run()
+        msg = str(e.value)
+        assert e.value.errno == errno.ENOSPC and '\n' not in msg, msg
+        assert msg.startswith(f'no space left on device: writing {f} failed (') and f'; the previous {f.name} is kept' in msg, msg
+    monkeypatch.setattr(torch, 'save', real)
+    assert len(read_checkpoint(ck)['history']) == 1 and len(load_model_file(model).dls.vocab) == 5
+    assert not [p for p in tmp_path.rglob('*.tmp')]
+
+def test_incomplete_checkpoint_refused(data, tmp_path):
+    "A checkpoint that lacks a part a resume needs is refused naming it, not a KeyError"
+    learn = tiny_learner(_dls(data), 'tiny', path=tmp_path)
+    learn.fit(1, 1e-3)
+    st = read_checkpoint(learn.checkpoint.file); del st['rng']
+    torch.save(st, learn.checkpoint.file)
+    with pytest.raises(CheckpointError) as e: progressive_fit(learn, [(32, 2, 1e-3)])
+    assert str(e.value) == f"checkpoint {learn.checkpoint.file} is incomplete (missing 'rng'); run with --restart (or delete it) to start over"

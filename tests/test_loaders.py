@@ -3,7 +3,7 @@
 DataBlock path, per-worker random states and kept workers, fastai integration (resize, show_batch, test_dl, training,
 TTA, export and predict).
 The full-dataset tests run when TINY_IMAGENET names the archive or an extracted folder (conftest.py)."""
-import gc, json, pickle, shutil, time, warnings, weakref
+import contextlib, errno, gc, json, os, pickle, re, shutil, signal, subprocess, sys, time, warnings, weakref, zlib
 from pathlib import Path
 import numpy as np, pytest, torch
 import imgaug.augmenters as iaa
@@ -182,7 +182,7 @@ def test_cache_build_reuse_rebuild(subset, tmp_path, capsys):
     assert len(c4) == 29 and c4.xf != c3.xf
     c5 = build_cache(root, 'valid', files[1:], [2-l for l in labels[1:]], cdir)
     assert c5.xf != c4.xf and c5.y.tolist() == [2-l for l in labels[1:]]
-    assert sorted(p.name for p in cdir.glob('*.npy')) == sorted([c5.xf.name, c5.yf.name])
+    assert sorted(p.name for p in cdir.glob('*.npy')) == sorted([c5.xf.name, c5.yf.name, c5.xf.name.replace('.x.npy', '.sum.npy')])
     assert not list(cdir.glob('.*.tmp'))
     # a broken cache file is rebuilt
     c5.xf.write_bytes(b'garbage')
@@ -191,6 +191,79 @@ def test_cache_build_reuse_rebuild(subset, tmp_path, capsys):
     # pickles as its file names
     s = pickle.dumps(c6)
     assert len(s) < 1000 and np.array_equal(pickle.loads(s).x, c6.x)
+
+
+@contextlib.contextmanager
+def _no_hang(seconds):
+    "Fail (instead of waiting forever) if the block takes more than `seconds`"
+    def boom(*a): raise TimeoutError(f'still waiting after {seconds} s')
+    old = signal.signal(signal.SIGALRM, boom); signal.alarm(seconds)
+    try: yield
+    finally: signal.alarm(0); signal.signal(signal.SIGALRM, old)
+
+
+def test_cache_refused_on_a_full_disk(subset, tmp_path, monkeypatch):
+    "Too little free space: one message naming the file, what it needs and what is free, before anything is written"
+    root,files,labels = _split(subset)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, 'disk_usage', lambda p: real(p)._replace(free=100_000))
+    with pytest.raises(OSError) as e: build_cache(root, 'valid', files, labels, tmp_path/'c', verbose=False)
+    msg = str(e.value)
+    assert e.value.errno == errno.ENOSPC and msg.startswith('no space left on device: ') and re.search(r'\.x\.npy needs 4\d\d\.\d kB, 100\.0 kB free; ', msg), msg
+    assert not [p for p in (tmp_path/'c').iterdir() if not p.name.endswith('.lock')]
+
+
+@pytest.mark.parametrize('how', ['dies', 'disk full'])
+def test_cache_worker_that_dies_or_fills_the_disk(how, tmp_path, monkeypatch):
+    "A decoding process that dies (killed: a SIGBUS on a full disk did this) or hits a full disk is one error, not a hang; nothing is kept"
+    root,files,labels = _split(SAMPLE, 'train')
+    parent, real = os.getpid(), tloaders._decode
+    def decode(fn, size):
+        if os.getpid() == parent: return real(fn, size)
+        if how == 'dies': os._exit(7)
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(tloaders, '_decode', decode)
+    with _no_hang(120), pytest.raises((RuntimeError, OSError)) as e:
+        build_cache(root, 'train', files, labels, tmp_path/'c', n_workers=2, verbose=False)
+    if how == 'dies': assert 'a process decoding images into' in str(e.value) and 'died' in str(e.value)
+    else: assert str(e.value).startswith('no space left on device: writing ') and e.value.errno == errno.ENOSPC
+    assert '.x.npy' in str(e.value)
+    assert not [p for p in (tmp_path/'c').iterdir() if not p.name.endswith('.lock')]
+
+
+def test_cache_temp_files_of_killed_builds_removed(subset, tmp_path):
+    "A killed build's temporary files go at the next build; a live process's stay"
+    root,files,labels = _split(subset)
+    cdir = tmp_path/'c'; cdir.mkdir()
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True).stdout.strip()
+    (cdir/f'.valid-64px-x-y.x.npy.{dead}.tmp').write_bytes(b'x'*1000)
+    (cdir/f'.valid-64px-x-y.y.npy.{os.getppid()}.tmp').write_bytes(b'x')
+    build_cache(root, 'valid', files, labels, cdir, verbose=False)
+    assert sorted(p.name for p in cdir.glob('.*.tmp')) == [f'.valid-64px-x-y.y.npy.{os.getppid()}.tmp']
+
+
+def test_cache_with_changed_bytes_is_not_served(subset, tmp_path):
+    "Pixels changed on disk after the build (zeroed, overwritten) are found at load: the cache is built again, with a warning"
+    root,files,labels = _split(subset)
+    c = build_cache(root, 'valid', files, labels, tmp_path/'c', verbose=False)
+    want = np.array(c.x)
+    with open(c.xf, 'r+b') as f: f.seek(c.x.offset + 17*64*64*3 + 100); f.write(bytes(50))   # a few zeroed bytes of image 17
+    del c; gc.collect()
+    with pytest.warns(UserWarning, match=r'the images of 1 block\(s\) differ .* \(first: images 0 to 29\); it is built again'):
+        c2 = build_cache(root, 'valid', files, labels, tmp_path/'c', verbose=False)
+    assert np.array_equal(c2.x, want)
+    with warnings.catch_warnings(): warnings.simplefilter('error'); build_cache(root, 'valid', files, labels, tmp_path/'c', verbose=False)
+
+
+def test_cache_check_budget():
+    "Above the budget, a random sample of blocks is checked; a damaged block is found when it is drawn"
+    x = np.random.default_rng(0).integers(0, 255, (10*256, 4, 4, 3), dtype=np.uint8)
+    sums = np.array([zlib.crc32(x[i:i+256]) for i in range(0, len(x), 256)], dtype=np.uint32)
+    x[5*256] ^= 1
+    assert tloaders._bad_blocks(x, sums) == [5]
+    per = 256*4*4*3
+    found = [tloaders._bad_blocks(x, sums, budget=3*per) for _ in range(50)]
+    assert all(f in ([], [5]) for f in found) and [5] in found and [] in found
 
 
 def test_cache_parallel_build(tmp_path):

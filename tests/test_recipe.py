@@ -192,3 +192,36 @@ def test_one_run_at_a_time_in_a_folder(data, tmp_path):
     finally: holder.kill(); holder.wait()
     res = train_recipe('demo', out=tmp_path, data=data, **FAST)     # the holder is gone: this run takes the folder
     assert res['epochs'] == 2 and not dead.exists()   # the killed holder's temp file went too
+
+def test_leftovers_of_killed_runs_removed(data, tmp_path):
+    "Temporary files of killed processes (model.pkl, results.json, the checkpoint) and lr_find's temporary folder go at the next run"
+    import subprocess, sys
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True).stdout.strip()
+    (tmp_path/'models'/'tmpk1ll3d_x').mkdir(parents=True); (tmp_path/'models'/'tmpk1ll3d_x'/'_tmp.pth').write_bytes(b'x'*1000)
+    left = [tmp_path/f'.model.pkl.{dead}.tmp', tmp_path/f'.results.json.{dead}.tmp', tmp_path/'models'/f'.ckpt.pth.{dead}.tmp']
+    for f in left: f.write_bytes(b'x')
+    live = tmp_path/f'.model.pkl.{os.getppid()}.tmp'; live.write_bytes(b'x')
+    train_recipe('demo', out=tmp_path, data=data, **FAST)
+    assert not any(f.exists() for f in left) and not (tmp_path/'models'/'tmpk1ll3d_x').exists() and live.exists()
+
+def test_read_only_out_refused_before_data(tmp_path, monkeypatch):
+    "An --out this user cannot write is refused at the start, before the data is read (not at the first checkpoint)"
+    ro = tmp_path/'ro'; ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, 'access', lambda p, mode, **k: False if Path(p) == ro else real(p, mode, **k))   # as chmod 555 does (not for root)
+    for out in (ro, ro/'new'):
+        with pytest.raises(PlanError) as e: train_recipe('demo', out=out, data=tmp_path/'missing', **FAST)
+        assert str(e.value) == f"--out {out} cannot be written ({ro} is read-only for this user): make it writable, or choose another --out"
+    assert list(ro.iterdir()) == []
+
+def test_incomplete_checkpoint_refused_by_the_recipe(data, tmp_path):
+    "A checkpoint missing a part (here 'rng') is refused with one message naming it and --restart, before any training"
+    ck = tmp_path/'models'/'ckpt.pth'; ck.parent.mkdir()
+    torch.save(dict(format=CKPT_FORMAT, model={}, history=[], meta={}, vocab=[]), ck)
+    with pytest.raises(CheckpointError) as e: train_recipe('demo', out=tmp_path, data=data, **FAST)
+    assert str(e.value) == f"checkpoint {ck} is incomplete (missing 'rng'); run with --restart (or delete it) to start over"
+    assert not (tmp_path/'history.csv').exists()
+
+def test_size_too_large_refused():
+    with pytest.raises(PlanError, match=r'stage 2: size 20000 px is above the limit of 512 px .*; use smaller --sizes'):
+        resolve_plan('demo', sizes=[32, 20000])

@@ -13,20 +13,20 @@ from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from fastai.learner import SkipToEpoch
 from torch.distributions.beta import Beta
-from .data import pid_alive
+from .data import is_disk_full, disk_full_message, tmp_path, clean_tmp
 from .augment import ImgAugTransform, reseed
 from .loaders import resize_dls, BatchResize, figures_to_files, FIGURE_DIR
 from .models import get_arch, check_rules
 from .distrib import is_rank0, rank0_only, rank0_print, on_rank0, broadcast_object, get_preds_all
 
 # %% auto #0
-__all__ = ['MAX_EPOCHS', 'CKPT_FORMAT', 'OPTS', 'MIXES', 'SCHEDS', 'TTAS', 'PlanError', 'CheckpointError', 'NanLossError',
-           'check_plan', 'check_bs', 'check_seed', 'top1', 'top5', 'atomic_file', 'atomic_save', 'rng_state', 'plain',
-           'set_rng_state', 'reseed_augmenters', 'dls_size', 'Checkpoint', 'history_csv', 'read_checkpoint',
-           'load_checkpoint', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress', 'interactive_output',
-           'PlainProgress', 'MixCut', 'EMA', 'apply_ema', 'check_opt', 'get_opt', 'wd_splitter', 'compile_model',
-           'check_mix', 'tiny_learner', 'find_max_bs', 'find_lr', 'cycle_slice', 'check_sched', 'progressive_fit',
-           'HFlip', 'check_tta', 'evaluate', 'plot_history']
+__all__ = ['MAX_EPOCHS', 'MAX_SIZE', 'CKPT_FORMAT', 'OPTS', 'MIXES', 'SCHEDS', 'TTAS', 'PlanError', 'CheckpointError',
+           'NanLossError', 'check_plan', 'check_bs', 'check_seed', 'top1', 'top5', 'atomic_file', 'atomic_save',
+           'rng_state', 'plain', 'set_rng_state', 'reseed_augmenters', 'dls_size', 'Checkpoint', 'history_csv',
+           'read_checkpoint', 'load_checkpoint', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress',
+           'interactive_output', 'PlainProgress', 'MixCut', 'EMA', 'apply_ema', 'check_opt', 'get_opt', 'wd_splitter',
+           'compile_model', 'check_mix', 'tiny_learner', 'find_max_bs', 'find_lr', 'cycle_slice', 'check_sched',
+           'progressive_fit', 'HFlip', 'check_tta', 'evaluate', 'plot_history']
 
 # %% ../nbs/04_learner.ipynb #f85cad51
 class PlanError(ValueError):
@@ -40,10 +40,11 @@ class NanLossError(RuntimeError):
 
 # %% ../nbs/04_learner.ipynb #5457e7ba
 MAX_EPOCHS = 500
+MAX_SIZE = 512   # px: 8 times the images; a batch of 20,000 px images (a typo) asks for 300 GB
 
 def _is_int(o): return isinstance(o, (int, np.integer)) and not isinstance(o, bool)
 
-def check_plan(stages, max_epochs:int=MAX_EPOCHS) -> list:
+def check_plan(stages, max_epochs:int=MAX_EPOCHS, max_size:int=MAX_SIZE) -> list:
     "Validate `stages` (a list of `(size, epochs, lr)`, `lr=None` for `lr_find`); return it as a list of tuples"
     stages = list(stages) if is_listy(stages) else stages
     if not is_listy(stages) or not stages: raise PlanError(f"the plan needs at least one stage (size, epochs, lr), got {stages!r}")
@@ -52,6 +53,8 @@ def check_plan(stages, max_epochs:int=MAX_EPOCHS) -> list:
         if not is_listy(st) or len(st) not in (2,3): raise PlanError(f"stage {i}: expected (size, epochs, lr), got {st!r}")
         size,n,lr = (*st, None) if len(st)==2 else st
         if not _is_int(size) or size < 8: raise PlanError(f"stage {i}: size must be an integer >= 8 (pixels), got {size!r}")
+        if size > max_size: raise PlanError(f"stage {i}: size {size} px is above the limit of {max_size} px (the images are 64 px; "
+                                            f"batches of {size} px images would not fit in memory); use smaller --sizes")
         if not _is_int(n) or n < 1: raise PlanError(f"stage {i}: epochs must be a positive integer, got {n!r}")
         if lr is not None and (not isinstance(lr, (int, float, np.floating)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0):
             raise PlanError(f"stage {i}: the learning rate must be a positive number (or None for lr_find), got {lr!r}")
@@ -90,16 +93,19 @@ def _fsync(p):
         fd = os.open(p, os.O_RDONLY)
         try: os.fsync(fd)
         finally: os.close(fd)
-    except OSError: pass
+    except OSError as e:
+        if is_disk_full(e): raise   # the data did not reach the disk
 
 @contextmanager
 def atomic_file(fname):
     "A temporary path beside `fname` to write to; when the block succeeds it is fsynced and replaces `fname` atomically"
     fname = Path(fname); fname.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fname.with_name(f'.{fname.name}.{os.getpid()}.tmp')
+    tmp = tmp_path(fname)
+    kept = f"; the previous {fname.name} is kept" if fname.exists() else ""
     try:
-        yield tmp
-        _fsync(tmp); os.replace(tmp, fname)
+        with disk_full_message(fname, f"{kept}; free some space and run again"):
+            yield tmp
+            _fsync(tmp); os.replace(tmp, fname)
     except BaseException:
         tmp.unlink(missing_ok=True); raise
     _fsync(fname.parent)
@@ -114,9 +120,7 @@ def atomic_save(obj, fname, text:bool=False):
 
 def _clean_tmp(fname):
     "Remove temporary files of `atomic_save` for `fname` left by killed processes (never a live process's)"
-    for f in Path(fname).parent.glob(f'.{Path(fname).name}.*.tmp'):
-        pid = f.name[len(Path(fname).name)+2:-4]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)): f.unlink(missing_ok=True)
+    clean_tmp(Path(fname).parent, Path(fname).name)
 
 # %% ../nbs/04_learner.ipynb #ff3a219f
 def rng_state(dl=None) -> dict:
@@ -265,6 +269,8 @@ def history_csv(history) -> str:
     return '\n'.join([','.join(cols)] + [','.join(fmt(r.get(c)) for c in cols) for r in history]) + '\n'
 
 # %% ../nbs/04_learner.ipynb #2598c765
+_CKPT_KEYS = ('model', 'rng', 'history', 'meta', 'vocab')   # what a resume reads without a default
+
 def read_checkpoint(fname) -> dict:
     "The state saved by `Checkpoint` in `fname`"
     fname = Path(fname)
@@ -276,6 +282,9 @@ def read_checkpoint(fname) -> dict:
         raise CheckpointError(f"checkpoint {fname} cannot be read ({type(e).__name__}: {e}); delete it to start over") from e
     if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT:
         raise CheckpointError(f"{fname} is not a tiny_fastai checkpoint; delete it to start over")
+    missing = [k for k in _CKPT_KEYS if k not in state]
+    if missing: raise CheckpointError(f"checkpoint {fname} is incomplete (missing {', '.join(map(repr, missing))}); "
+                                      "run with --restart (or delete it) to start over")
     return state
 
 def _opt_to(opt, device):

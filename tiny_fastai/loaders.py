@@ -4,7 +4,9 @@
 
 # %% ../nbs/03_loaders.ipynb #902fb6b7
 from __future__ import annotations
-import os, time, hashlib, warnings, weakref, multiprocessing
+import os, time, hashlib, warnings, weakref, multiprocessing, zlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
@@ -17,12 +19,12 @@ import tiny_fastai
 try: import fcntl
 except ImportError: fcntl = None   # no lock on Windows
 from .augment import default_augmenter, ImgAugTransform
-from .data import TINY_STATS, Layout, scan, open_image
+from .data import TINY_STATS, Layout, scan, open_image, check_space, is_disk_full, disk_full_message, tmp_path, clean_tmp
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'FIGURE_DIR', 'NON_INTERACTIVE_BACKENDS', 'ItemResize', 'BatchResize', 'tiny_datablock',
-           'default_cache_dir', 'ArrayCache', 'build_cache', 'FastDL', 'save_figures', 'figures_to_files', 'tiny_dls',
-           'resize_dls']
+__all__ = ['CACHE_VERSION', 'CACHE_BLOCK', 'CACHE_CHECK_BYTES', 'FIGURE_DIR', 'NON_INTERACTIVE_BACKENDS', 'ItemResize',
+           'BatchResize', 'tiny_datablock', 'default_cache_dir', 'ArrayCache', 'build_cache', 'FastDL', 'save_figures',
+           'figures_to_files', 'tiny_dls', 'resize_dls']
 
 # %% ../nbs/03_loaders.ipynb #5d1e3f24
 class ItemResize(Resize):
@@ -74,7 +76,9 @@ def tiny_datablock(layout:Layout, size=64, aug='default', item_size:int=64):
     return dblock,items,batch_aug
 
 # %% ../nbs/03_loaders.ipynb #26171b58
-CACHE_VERSION = 1
+CACHE_VERSION = 2          # 2: a CRC-32 of every block of images is kept beside the array
+CACHE_BLOCK = 256          # images per checksummed block
+CACHE_CHECK_BYTES = 2**31  # bytes of images checked against their CRC-32s at each load: all of a cache up to this size
 
 def _fingerprint(root, files, labels, size) -> str:
     h = hashlib.sha1(f'tiny_fastai cache {CACHE_VERSION} {size}\n'.encode())
@@ -89,11 +93,39 @@ def _decode(fn, size:int) -> np.ndarray:
     return np.asarray(ItemResize(size)(open_image(fn), split_idx=1))
 
 def _decode_into(args):
-    fname,start,files,size = args
-    arr = np.load(fname, mmap_mode='r+')
-    for i,f in enumerate(files): arr[start+i] = _decode(f, size)
-    arr.flush(); del arr
-    return len(files)
+    "Decode `files` into the images from `start` of the array file `fname` (data at `offset`); its first block, the blocks' CRC-32s"
+    fname,offset,start,files,size = args
+    sums = []
+    with open(fname, 'r+b') as f:   # plain writes, not a memory map: a full disk is an `OSError` here, not a SIGBUS
+        for i in range(0, len(files), CACHE_BLOCK):
+            a = np.stack([_decode(fn, size) for fn in files[i:i+CACHE_BLOCK]])
+            f.seek(offset + (start+i)*a[0].nbytes); f.write(a)
+            sums.append(zlib.crc32(a))
+    return start//CACHE_BLOCK,sums
+
+def _create(fname, shape) -> int:
+    "Create the uint8 `.npy` file `fname` of `shape`, its space reserved where the OS can (so a full disk fails here); its data offset"
+    m = np.lib.format.open_memmap(fname, mode='w+', dtype=np.uint8, shape=shape)
+    offset,end = m.offset,m.offset+m.nbytes
+    del m
+    if hasattr(os, 'posix_fallocate'):
+        with open(fname, 'r+b') as f:
+            try: os.posix_fallocate(f.fileno(), 0, end)
+            except OSError as e:
+                if is_disk_full(e): raise   # else a file system that cannot reserve space: the writes will say it
+    return offset
+
+def _run_all(f, tasks, n_workers:int, what) -> list:
+    "`f` on every task, in `n_workers` processes (forked where the OS can); a process that dies is an error naming `what`, not a hang"
+    if n_workers <= 1 or len(tasks) <= 1: return [f(t) for t in tasks]
+    ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)   # fork in a process with threads: the children only decode
+        try:
+            with ProcessPoolExecutor(min(n_workers, len(tasks)), mp_context=ctx) as ex: return list(ex.map(f, tasks))
+        except BrokenProcessPool:
+            raise RuntimeError(f"a process decoding images into {what} died (killed, or out of memory); nothing was kept: run again "
+                               "(with decode_workers=1 to see its error)") from None
 
 def default_cache_dir(path) -> Path:
     "`path/.cache`, or a folder in `~/.cache/tiny_fastai` when `path` is not writable or is inside the installed package"
@@ -124,11 +156,27 @@ def _locked(fname):
         finally:
             if fcntl is not None: fcntl.flock(f, fcntl.LOCK_UN)
 
+def _sums_file(xf): return Path(xf).with_name(Path(xf).name[:-len('.x.npy')] + '.sum.npy')
+
+def _bad_blocks(x, sums, budget:int=None) -> list:
+    "The blocks of `x` whose CRC-32 is not the one in `sums`: all blocks up to `budget` bytes, else a random sample of that size"
+    n,per = len(sums),CACHE_BLOCK*int(np.prod(x.shape[1:]))
+    k = max(1, ifnone(budget, CACHE_CHECK_BYTES)//per)
+    idxs = range(n) if k >= n else np.sort(np.random.default_rng().choice(n, k, replace=False))   # not the seeded global RNG
+    return [int(i) for i in idxs if zlib.crc32(x[i*CACHE_BLOCK:(i+1)*CACHE_BLOCK]) != sums[i]]
+
 def _try_open(xf, yf, n, size, labels):
-    if not (xf.exists() and yf.exists()): return None
-    try: c = ArrayCache(xf, yf)
+    "The cache in `xf`, `yf` if it is complete, for these labels, and its images are those written (checked by `_bad_blocks`)"
+    sf = _sums_file(xf)
+    if not (xf.exists() and yf.exists() and sf.exists()): return None
+    try: c,sums = ArrayCache(xf, yf),np.load(sf)
     except Exception: return None
-    if c.x.shape != (n, size, size, 3) or not np.array_equal(c.y, labels): return None
+    if c.x.shape != (n, size, size, 3) or not np.array_equal(c.y, labels) or len(sums) != -(-n//CACHE_BLOCK): return None
+    bad = _bad_blocks(c.x, sums)
+    if bad:
+        warnings.warn(f"{xf}: the images of {len(bad)} block(s) differ from those written when it was built (first: images "
+                      f"{bad[0]*CACHE_BLOCK} to {min(n, (bad[0]+1)*CACHE_BLOCK)-1}); it is built again")
+        return None
     return c
 
 def build_cache(root, split:str, files, labels, cache_dir, size:int=64, n_workers:int=None, verbose:bool=True) -> ArrayCache:
@@ -138,34 +186,34 @@ def build_cache(root, split:str, files, labels, cache_dir, size:int=64, n_worker
     n,stem = len(files),f"{split}-{size}px-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]}"
     fp = _fingerprint(root, files, labels, size)
     xf,yf = cache_dir/f'{stem}-{fp}.x.npy',cache_dir/f'{stem}-{fp}.y.npy'
+    sf = _sums_file(xf)
     c = _try_open(xf, yf, n, size, labels)
     if c is not None: return c
     with _locked(cache_dir/f'.{stem}.lock'):
         c = _try_open(xf, yf, n, size, labels)    # built by another process while we waited
         if c is not None: return c
         t0 = time.time()
-        nw = ifnone(n_workers, os.cpu_count() or 1)
+        clean_tmp(cache_dir)   # what killed builds left
+        for f in cache_dir.glob(f'{stem}-*.npy'): f.unlink(missing_ok=True)   # this split's stale (or damaged) caches: their space may be needed
+        nw,hint = ifnone(n_workers, os.cpu_count() or 1),"; free some space, or give tiny_dls another cache_dir"
+        check_space(xf, n*size*size*3 + 4*n + 2**16, hint)
         if verbose: print(f"tiny_fastai: decoding {n:,} {split} images into {xf} ({n*size*size*3/2**20:,.0f} MiB, {nw} processes)", flush=True)
-        tx,ty = [f.with_name(f'.{f.name}.{os.getpid()}.tmp') for f in (xf, yf)]
+        tx,ty,ts = [tmp_path(f) for f in (xf, yf, sf)]
         try:
-            np.lib.format.open_memmap(tx, mode='w+', dtype=np.uint8, shape=(n, size, size, 3)).flush()
-            chunk = max(256, min(4096, n//(4*nw) + 1))
-            tasks = [(tx, i, files[i:i+chunk], size) for i in range(0, n, chunk)]
-            if nw > 1 and len(tasks) > 1:
-                ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn')
-                with warnings.catch_warnings():
-                    warnings.simplefilter('ignore', DeprecationWarning)   # fork in a process with threads: the children only decode
-                    with ctx.Pool(min(nw, len(tasks))) as pool: list(pool.imap_unordered(_decode_into, tasks))
-            else:
-                for t in tasks: _decode_into(t)
-            with open(ty, "wb") as f: np.save(f, labels)
-            os.replace(ty, yf); os.replace(tx, xf)
+            with disk_full_message(xf, hint):
+                offset = _create(tx, (n, size, size, 3))
+                chunk = -(-max(256, min(4096, n//(4*nw) + 1))//CACHE_BLOCK)*CACHE_BLOCK
+                sums = np.zeros(-(-n//CACHE_BLOCK), dtype=np.uint32)
+                for b,s in _run_all(_decode_into, [(tx, offset, i, files[i:i+chunk], size) for i in range(0, n, chunk)], nw, xf):
+                    sums[b:b+len(s)] = s
+                for t,a in ((ty, labels), (ts, sums)):
+                    with open(t, 'wb') as f: np.save(f, a)
+                os.replace(ty, yf); os.replace(ts, sf); os.replace(tx, xf)
         finally:
-            for t in (tx, ty): t.unlink(missing_ok=True)
-        for f in cache_dir.glob(f'{stem}-*.npy'):
-            if f not in (xf, yf): f.unlink(missing_ok=True)
+            for t in (tx, ty, ts): t.unlink(missing_ok=True)
         if verbose: print(f"tiny_fastai: {split} cache built in {time.time()-t0:.1f} s", flush=True)
     return ArrayCache(xf, yf)
+
 
 # %% ../nbs/03_loaders.ipynb #8a4b6c57
 def _layout_caches(layout:Layout, cache_dir, size:int=64, n_workers:int=None, verbose:bool=True) -> list:

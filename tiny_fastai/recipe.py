@@ -18,8 +18,9 @@ from .learner import (PlanError, check_plan, check_bs, check_seed, check_mix, ch
 from .infer import export_learner, export_model, load_model, check_vocab
 
 # %% auto #0
-__all__ = ['RECIPES', 'GPU_PRESETS', 'get_recipe', 'resolve_plan', 'TinyInterpretation', 'write_interpretation', 'cpu_estimate',
-           'cpu_setup', 'lock_run', 'data_id', 'finite', 'results_table', 'train_recipe', 'evaluate_model']
+__all__ = ['RECIPES', 'GPU_PRESETS', 'LR_FIND_TMP_AGE', 'get_recipe', 'resolve_plan', 'TinyInterpretation',
+           'write_interpretation', 'cpu_estimate', 'cpu_setup', 'lock_run', 'data_id', 'finite', 'results_table',
+           'train_recipe', 'check_out', 'clean_leftovers', 'evaluate_model']
 
 # %% ../nbs/06_recipe.ipynb #471d995f
 _DEFAULTS = dict(data=URL_TINY, mix=None, ls=0.1, wd=None, opt='adam', sched='stages', pct_start=0.25, lr_find_it=100,
@@ -198,8 +199,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     tta = r['tta'] if tta is True else check_tta(tta)    # True: the preset's kind of TTA
     seed = check_seed(seed)
     _check_gpu(preset, r, device, cli)   # `cli`: errors name --cpu and --restart, not device= and restart=
-    out = Path(out if out is not None else Path('runs')/preset)
-    if out.exists() and not out.is_dir(): raise PlanError(f"--out {out} exists and is not a folder")
+    out = check_out(out if out is not None else Path('runs')/preset)   # a folder this user can write
     src = data if data is not None else r['data']
     init_distrib(device)
     path = sample_path() if src is None else rank0_first(get_tiny_imagenet, src)
@@ -209,7 +209,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     if device.type == 'cuda' and not deterministic: torch.backends.cudnn.benchmark = True
     dls = rank0_first(tiny_dls, path, size=r['sizes'][0], bs=local_bs(r['bs']), seed=seed, cache=r['cache'], num_workers=num_workers,
                       skip_bad=skip_bad, device=device, check_images=True, aug=r['aug'], **(dls_kwargs or {}))
-    lock_run(out)   # one run at a time in a folder (rank 0 only)
+    lock_run(out); clean_leftovers(out)   # one run at a time in a folder (rank 0 only); what killed runs left goes
     learn = tiny_learner(dls, r['arch'], mix=r['mix'], ls=r['ls'], wd=r['wd'], opt=r['opt'], ema=r['ema'], path=out, cbs=cbs,
                          compile=r['compile'] and device.type == 'cuda')   # compiling pays on a GPU only
     if restart and is_rank0():   # nothing of the old run stays beside the new checkpoint
@@ -245,6 +245,32 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
         res['files'] = sorted(set(res['files']))
         atomic_save(json.dumps(finite(res), indent=1, allow_nan=False) + '\n', out/'results.json', text=True)
     return res
+
+# %% ../nbs/06_recipe.ipynb #fdb94164
+import re, shutil
+from .data import clean_tmp
+
+def check_out(out) -> Path:
+    "`out` as a `Path`, or a `PlanError` if it is not a folder or this user cannot write it; creates nothing"
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise PlanError(f"--out {out} exists and is not a folder")
+    first = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
+    for p in [first] + [out/'models']*(out/'models').is_dir():
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise PlanError(f"--out {out} cannot be written ({p} is read-only for this user): make it writable, or choose another --out")
+    return out
+
+LR_FIND_TMP_AGE = 3600   # seconds after which an lr_find folder is a leftover even without the run lock
+
+def clean_leftovers(out, model_dir:str='models'):
+    "Remove what killed runs left in `out`: temporary files of processes that are gone, and `lr_find`'s temporary folders"
+    out = Path(out)
+    if not is_rank0(): return
+    for d in (out, out/model_dir): clean_tmp(d)
+    held = str(out.resolve()) in _LOCKS
+    for d in (out/model_dir).glob('tmp*'):
+        if not (d.is_dir() and re.fullmatch(r'tmp[a-z0-9_]{8}', d.name)) or any(f.name != '_tmp.pth' for f in d.iterdir()): continue
+        if held or time.time() - d.stat().st_mtime > LR_FIND_TMP_AGE: shutil.rmtree(d, ignore_errors=True)
 
 # %% ../nbs/06_recipe.ipynb #d2b0e008
 def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True, seed:int=42, out=None) -> dict:
