@@ -1,6 +1,8 @@
 """The demo against stock fastai, side by side, on the bundled 10-class sample (1,000 train / 500 val images), on the CPU.
 
 - ours: `train_recipe('demo')`, what `tiny-fastai train` runs with no option (loaders, training, evaluation, export);
+- ours with the 1.6M-parameter `small` preset and twice the epochs (`--arch small --epochs 8,16`), against stock
+  fastai's best;
 - stock fastai, as a fastai user would start: a `DataBlock` with `aug_transforms(size=SIZE)`, `xresnet18`,
   `fit_one_cycle(EPOCHS, 3e-3)`; at 32 px (8 epochs) and at 64 px (16 epochs).
 Prints one markdown table: top-1 on the 500 val images, the seconds of training (the epochs' times) and of the whole
@@ -37,8 +39,8 @@ def stock(path, size, epochs, bs=64, lr=3e-3, seed=42, workers=None):
     train_s = time.time() - t
     return dict(top1=learn.validate()[1], train_s=train_s)
 
-def ours(out, seed=42):
-    r = train_recipe('demo', out=out, seed=seed, restart=True)
+def ours(out, seed=42, **kw):
+    r = train_recipe('demo', out=out, seed=seed, restart=True, **kw)
     return dict(top1=r['top1'], top1_tta=r.get('top1_tta'), train_s=r['train_s'])
 
 def main(argv=None):
@@ -51,7 +53,9 @@ def main(argv=None):
     for k in range(a.repeat):
         for name,fn in (('tiny_fastai demo (`tiny-fastai train`)', lambda: ours(out/'ours')),
                         ('stock fastai: xresnet18, aug_transforms(size=32), fit_one_cycle(8, 3e-3)', lambda: stock(path, 32, 8)),
-                        ('stock fastai: xresnet18, aug_transforms(size=64), fit_one_cycle(16, 3e-3)', lambda: stock(path, 64, 16))):
+                        ('stock fastai: xresnet18, aug_transforms(size=64), fit_one_cycle(16, 3e-3)', lambda: stock(path, 64, 16)),
+                        ('tiny_fastai, a larger model (`tiny-fastai train --arch small --epochs 8,16`)',
+                         lambda: ours(out/'small', arch='small', epochs=(8,16)))):
             if a.threads and 'stock' in name: torch.set_num_threads(a.threads)
             l0,t = load(),time.time()
             r = fn()

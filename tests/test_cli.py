@@ -46,9 +46,9 @@ def test_demo_end_to_end(demo):
     res = json.loads((out/'results.json').read_text())
     for k in ('top1', 'top5', 'top1_tta', 'top5_tta', 'params', 'stages', 'epochs', 'wall_s', 'device', 'history'):
         assert k in res, k
-    assert [(s['size'], s['epochs'], s['lr']) for s in res['stages']] == [(32, 1, 1e-2), (64, 1, 3e-3)]
+    assert [(s['size'], s['epochs'], s['lr']) for s in res['stages']] == [(24, 1, 1e-2), (32, 1, 1e-2)]
     assert res['epochs'] == 2 and len(res['history']) == 2
-    for h, size in zip(res['history'], (32, 64)):
+    for h, size in zip(res['history'], (24, 32)):
         assert h['size'] == size and {'stage', 'train_loss', 'valid_loss', 'top1', 'top5'} <= set(h)
     assert 0 <= res['top1'] <= res['top5'] <= 1 and 0 <= res['top1_tta'] <= res['top5_tta'] <= 1
     assert res['n_valid'] == 500 and len(res['classes']) == 10 and res['device'].startswith('cpu')

@@ -109,7 +109,7 @@ def test_cli_demo_torchrun(tmp_path):
                     "the integration of issue #6 into the CLI is pending")
     out = tmp_path/'run'
     r = _torchrun(['--no-python', _bin('tiny-fastai'), 'train', '--out', str(out), '--epochs', '1,1', '--sizes', '16,32',
-                   '--lr', 'find,3e-3'], cwd=tmp_path)
+                   '--lr', 'find,3e-3', '--sched', 'stages'], cwd=tmp_path)
     assert r.returncode == 0, f"torchrun failed:\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"
     res = json.loads((out/'results.json').read_text())
     assert (res['world_size'], res['epochs'], res['n_train'], res['n_valid']) == (2, 2, 1000, 500)

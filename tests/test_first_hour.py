@@ -16,7 +16,7 @@ from test_cli import run_main
 def data(tmp_path_factory):
     return make_subset(sample_path(), tmp_path_factory.mktemp('data')/'tiny', n_classes=5, n_train=20, n_val=10)
 
-FAST = dict(sizes=[16, 32], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False)
+FAST = dict(sizes=[16, 32], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False, sched='stages')
 
 @pytest.fixture(scope='module')
 def run(data, tmp_path_factory):

@@ -15,7 +15,7 @@ from test_learner import _Stop, _Signal   # the callbacks that interrupt a run, 
 def data(tmp_path_factory):
     return make_subset(sample_path(), tmp_path_factory.mktemp('data')/'tiny', n_classes=5, n_train=20, n_val=10)
 
-FAST = dict(sizes=[16, 32], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False)
+FAST = dict(sizes=[16, 32], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False, sched='stages')
 METRICS = ('train_loss', 'valid_loss', 'top1', 'top5')
 
 @pytest.mark.parametrize('kw,msg', [
@@ -50,6 +50,12 @@ def test_lr_none_uses_lr_find(data, tmp_path, monkeypatch):
     assert res['history'][0]['lr'] == lr and res['history'][1]['lr'] == 1e-3
     assert (tmp_path/'lr_find_1_16px.png').stat().st_size > 0
     assert 'lr_find_1_16px.png' in res['files']
+
+def test_one_cycle_takes_one_learning_rate():
+    "sched 'one' has one peak learning rate: different rates per stage are refused, not silently replaced by the first"
+    with pytest.raises(PlanError, match="sched 'one' runs one cycle across the stages with one peak learning rate"):
+        resolve_plan('demo', lrs=[1e-2, 1e-3])
+    assert resolve_plan('demo', lrs=[3e-3])['lrs'] == [3e-3, 3e-3] and resolve_plan('sprint')['sched'] == 'one'
 
 def test_same_seed_same_metrics(data, tmp_path):
     "Two runs with the same seed and data on the CPU give the same losses and accuracies; another seed does not"

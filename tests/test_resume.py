@@ -49,7 +49,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     out = tmp_path/'run'
     # 5 epochs: 2 at 16px (lr from lr_find), 1 at 32px, 2 at 64px
     args = ['--data', str(data), '--out', str(out), '--sizes', '16,32,64', '--epochs', '2,1,2', '--lr', 'find,2e-3,1e-3',
-            '--bs', '16', '--seed', '5', '--no-tta']
+            '--bs', '16', '--seed', '5', '--no-tta', '--sched', 'stages']
     ck = out/'models'/'ckpt.pth'
     done = lambda: len(read_checkpoint(ck)['history'])
 
@@ -87,7 +87,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     assert (out/'history.csv').read_text().count('\n') == 6 and (out/'model.pkl').exists()
 
     # 5. the interrupted run's metrics equal those of a run that was never interrupted
-    ref = train_recipe('demo', out=tmp_path/'ref', data=data, sizes=[16,32,64], epochs=[2,1,2], lrs=[None,2e-3,1e-3],
+    ref = train_recipe('demo', out=tmp_path/'ref', data=data, sizes=[16,32,64], epochs=[2,1,2], lrs=[None,2e-3,1e-3], sched='stages',
                        bs=16, seed=5, tta=False)
     keys = ('train_loss', 'valid_loss', 'top1', 'top5')
     assert ref['stages'][0]['lr'] == pytest.approx(lr0)

@@ -53,6 +53,7 @@ def get_parser() -> argparse.ArgumentParser:
     t.add_argument('--cpu', action='store_true', help="train on the CPU even if a GPU is available")
     t.add_argument('--no-tta', action='store_true', help="skip the test-time-augmentation evaluation")
     t.add_argument('--tta', choices=['flip', 'aug'], help="test-time augmentation: flip (mirror images) or aug (fastai's tta with the training augmentation); default: the preset's")
+    t.add_argument('--sched', choices=['one', 'stages'], help="one: one cycle across all stages (one peak learning rate); stages: a cycle per stage (a rate each); default: the preset's")
     t.add_argument('--deterministic', action='store_true', help="bit-for-bit reproducible on a GPU (cuDNN deterministic, no autotuner; slower)")
     c = t.add_mutually_exclusive_group()
     c.add_argument('--compile', dest='compile', action='store_true', default=None, help="torch.compile the model (GPU; default: the preset's)")
@@ -89,7 +90,8 @@ def _train(a):
                        sizes=_ints(a.sizes, 'sizes') if a.sizes else None, lrs=_lrs(a.lr) if a.lr else None, bs=bs,
                        seed=_int(a.seed, 'seed'), restart=a.restart, num_workers=_int(a.workers, 'workers', 0),
                        skip_bad=a.skip_bad, device=torch.device('cpu') if a.cpu else None,
-                       tta=False if a.no_tta else (a.tta or True), deterministic=a.deterministic, compile=a.compile, cli=True)
+                       tta=False if a.no_tta else (a.tta or True), deterministic=a.deterministic, compile=a.compile,
+                       sched=a.sched, cli=True)
     if is_rank0():
         out = Path(a.out if a.out else Path('runs')/a.preset)
         print('\n' + results_table(res))

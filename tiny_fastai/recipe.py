@@ -12,7 +12,7 @@ from fastai.vision.all import *
 from .data import sample_path, get_tiny_imagenet, URL_TINY
 from .loaders import tiny_dls
 from .models import get_arch
-from .distrib import init_distrib, distrib_training, rank0_first, is_rank0, rank0_print, local_bs, world_size
+from .distrib import init_distrib, distrib_training, rank0_first, is_rank0, rank0_print, local_bs, world_size, no_gather
 from .learner import (PlanError, check_plan, check_bs, check_seed, check_mix, check_opt, check_sched, check_tta,
                                  tiny_learner, progressive_fit, apply_ema, evaluate, plot_history, atomic_save, dls_size)
 from .infer import export_learner, export_model, load_model, check_vocab
@@ -73,6 +73,9 @@ def resolve_plan(preset='demo', arch=None, epochs=None, sizes=None, lrs=None, bs
     r.update(sizes=sizes, epochs=epochs, lrs=lrs, bs=check_bs(bs if bs is not None else r['bs']), preset=preset)
     r['stages'] = check_plan(list(zip(sizes, epochs, lrs)))
     check_mix(r['mix']); check_opt(r['opt']); check_sched(r['sched']); r['tta'] = check_tta(r['tta'])
+    if r['sched'] == 'one' and len(set(lrs)) > 1:   # one cycle has one peak: the later stages' rates would be ignored
+        raise PlanError(f"sched 'one' runs one cycle across the stages with one peak learning rate; got {', '.join(map(str, lrs))}: "
+                        f"give one, or sched 'stages' (--sched stages) for a cycle per stage")
     return r
 
 # %% ../nbs/06_recipe.ipynb #18dc88bf
@@ -240,7 +243,9 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
         export_learner(learn, out/'model.pkl')
         export_model(learn, out/'model.safetensors')   # and model.json: the files to share
         plot_history(ck.history, out/'history.png')
-        t1 = time.time(); res['most_confused'] = write_interpretation(learn, ev, out); res['interpret_s'] = round(time.time()-t1, 2)
+        t1 = time.time()
+        with no_gather(learn): res['most_confused'] = write_interpretation(learn, ev, out)   # rank 0 alone: no collectives
+        res['interpret_s'] = round(time.time()-t1, 2)
         res['files'] = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith('.')) + ['results.json']
         res['files'] = sorted(set(res['files']))
         atomic_save(json.dumps(finite(res), indent=1, allow_nan=False) + '\n', out/'results.json', text=True)
