@@ -298,7 +298,7 @@ def main(argv=None):
                              f"{', '.join(f'{e} x {s} px' for s,e in zip(fr['sizes'], fr['epochs']))}")
             clock,t = Clock(3 if a.quick else 10),time.time()
             try:
-                res = train_recipe('full', out=work/'full', data=path, epochs=[a.full_epochs]*len(fsz), num_workers=workers, restart=True,
+                res = train_recipe('full', out=work/'full', data=path, epochs=[a.full_epochs]*len(fsz), num_workers=workers, restart=True, device=dev,
                                    cbs=[clock, Progress(rep, time.time() + a.full_s, 'full', clock)], dls_kwargs=dict(cache_dir=work/'cache'), **fkw)
                 rep('full', top1=res['top1'], top1_tta=res.get('top1_tta'), wall_s=res.get('wall_s'), compiled=gpu)
             except Exception as e:
@@ -317,7 +317,7 @@ def main(argv=None):
         rep('sprint', plan=plan_s, preset_epochs=list(r['epochs']), epochs_run=epochs, scaled=scaled); say(f"sprint: {plan_s}")
         t,sclock = time.time(),Clock(3 if a.quick else 10)
         kw = dict(arch='tiny', bs=r['bs'], lrs=list(r['lrs']), sizes=list(r['sizes'])) if a.quick else {}
-        res = train_recipe('sprint', out=work/'sprint', data=path, epochs=epochs, num_workers=workers, restart=True,
+        res = train_recipe('sprint', out=work/'sprint', data=path, epochs=epochs, num_workers=workers, restart=True, device=dev,
                            cbs=[sclock, Progress(rep, T0 + a.budget_s - a.eval_s, 'sprint', sclock)], dls_kwargs=dict(cache_dir=work/'cache'), **kw)
         keep = ('top1', 'top5', 'top1_tta', 'top5_tta', 'tta', 'epochs', 'train_s', 'wall_s', 'history', 'params', 'arch', 'bs', 'stages')
         rep('sprint', **{k: res.get(k) for k in keep})

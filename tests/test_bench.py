@@ -19,6 +19,8 @@ def test_gpu_bench_quick_on_cpu(tmp_path):
     st = d['steps']
     assert st['data']['n_train'] == 1000 and st['data']['n_valid'] == 500
     assert all(r['ips'] > 0 for r in st['speed']['rows']) and all(r['ips'] > 0 for r in st['speed']['loader'])
+    fu = st['full']
+    assert 'error' not in fu and len(fu['clock']) == 4 and all(r['train_ips'] > 0 for r in fu['clock']) and 0 <= fu['top1'] <= 1
     sp = st['sprint']
     assert sp['scaled'] == (sp['epochs_run'] != sp['preset_epochs']) and all(n >= 1 for n in sp['epochs_run'])
     assert len(sp['history']) == sum(sp['epochs_run']) and 0 <= sp['top1'] <= sp['top5'] <= 1 and sp['tta'] == 'flip'
