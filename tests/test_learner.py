@@ -219,3 +219,16 @@ def test_incomplete_checkpoint_refused(data, tmp_path):
     torch.save(st, learn.checkpoint.file)
     with pytest.raises(CheckpointError) as e: progressive_fit(learn, [(32, 2, 1e-3)])
     assert str(e.value) == f"checkpoint {learn.checkpoint.file} is incomplete (missing 'rng'); run with --restart (or delete it) to start over"
+
+def test_pictures_on_a_full_disk(data, tmp_path, monkeypatch):
+    "history.png (and every picture saved with save_figure) on a full disk: the clear error, the old picture kept, no temp file"
+    import errno, matplotlib.figure
+    from tiny_fastai.learner import plot_history
+    from tiny_fastai.data import DiskFullError
+    h = [dict(epoch=i, stage=0, size=16, train_loss=1., valid_loss=1., top1=.5, top5=.9, time_s=1.) for i in range(2)]
+    f = plot_history(h, tmp_path/'history.png'); before = (tmp_path/'history.png').read_bytes()
+    def full(self, fname, **kw): open(fname, 'wb').write(b'x'); raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', full)
+    with pytest.raises(DiskFullError, match='no space left on device') as e: plot_history(h, tmp_path/'history.png')
+    assert 'history.png' in str(e.value) and (tmp_path/'history.png').read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ['history.png']

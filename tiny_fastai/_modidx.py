@@ -291,6 +291,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'tiny_fastai.learner.read_checkpoint': ('learner.html#read_checkpoint', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.reseed_augmenters': ('learner.html#reseed_augmenters', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.rng_state': ('learner.html#rng_state', 'tiny_fastai/learner.py'),
+                                     'tiny_fastai.learner.save_figure': ('learner.html#save_figure', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.set_rng_state': ('learner.html#set_rng_state', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.tiny_learner': ('learner.html#tiny_learner', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.top1': ('learner.html#top1', 'tiny_fastai/learner.py'),

@@ -22,8 +22,8 @@ from .distrib import is_rank0, rank0_only, rank0_print, on_rank0, broadcast_obje
 # %% auto #0
 __all__ = ['MAX_EPOCHS', 'MAX_SIZE', 'CKPT_FORMAT', 'OPTS', 'MIXES', 'SCHEDS', 'TTAS', 'PlanError', 'CheckpointError',
            'NanLossError', 'check_plan', 'check_bs', 'check_seed', 'top1', 'top5', 'atomic_file', 'atomic_save',
-           'rng_state', 'plain', 'set_rng_state', 'reseed_augmenters', 'dls_size', 'Checkpoint', 'history_csv',
-           'read_checkpoint', 'load_checkpoint', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress',
+           'save_figure', 'rng_state', 'plain', 'set_rng_state', 'reseed_augmenters', 'dls_size', 'Checkpoint',
+           'history_csv', 'read_checkpoint', 'load_checkpoint', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress',
            'interactive_output', 'PlainProgress', 'MixCut', 'EMA', 'apply_ema', 'check_opt', 'get_opt', 'wd_splitter',
            'compile_model', 'check_mix', 'tiny_learner', 'find_max_bs', 'find_lr', 'cycle_slice', 'check_sched',
            'progressive_fit', 'HFlip', 'check_tta', 'evaluate', 'plot_history']
@@ -116,6 +116,11 @@ def atomic_save(obj, fname, text:bool=False):
     with atomic_file(fname) as tmp, open(tmp, 'w' if text else 'wb') as f:
         if text: f.write(obj)
         else: torch.save(obj, f)
+    return Path(fname)
+
+def save_figure(fig, fname, **kwargs):
+    "`fig.savefig` to `fname` as a PNG, atomically: a full disk is one clear error and no half-written picture stays"
+    with atomic_file(fname) as tmp: fig.savefig(tmp, format='png', **kwargs)
     return Path(fname)
 
 def _clean_tmp(fname):
@@ -620,7 +625,7 @@ def find_lr(learn, fname=None, num_it:int=100, **kwargs) -> float:
         res = learn.lr_find(num_it=num_it, show_plot=True, **kwargs)
     fig = plt.gcf()
     if fname is not None and is_rank0():
-        Path(fname).parent.mkdir(parents=True, exist_ok=True); fig.savefig(fname, dpi=80, bbox_inches='tight')
+        save_figure(fig, fname, dpi=80, bbox_inches='tight')
     if not IN_NOTEBOOK: plt.close(fig)
     lr = float(res.valley)
     if not math.isfinite(lr) or lr <= 0:
@@ -751,6 +756,6 @@ def plot_history(history, fname=None):
     axs[0].set_title('loss', pad=16); axs[1].set_title('accuracy (val)', pad=16); axs[1].set_ylim(0, 1)
     for ax in axs: ax.set_xlabel('epoch'); ax.legend()
     fig.tight_layout()
-    if fname is not None and is_rank0(): fig.savefig(fname, dpi=80)
+    if fname is not None and is_rank0(): save_figure(fig, fname, dpi=80)
     if not IN_NOTEBOOK: plt.close(fig)
     return fig

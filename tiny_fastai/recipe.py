@@ -14,7 +14,7 @@ from .loaders import tiny_dls
 from .models import get_arch
 from .distrib import init_distrib, distrib_training, rank0_first, is_rank0, rank0_print, local_bs, world_size, no_gather
 from .learner import (PlanError, check_plan, check_bs, check_seed, check_mix, check_opt, check_sched, check_tta,
-                                 tiny_learner, progressive_fit, apply_ema, evaluate, plot_history, atomic_save, dls_size)
+                                 tiny_learner, progressive_fit, apply_ema, evaluate, plot_history, atomic_save, atomic_file, dls_size)
 from .infer import export_learner, export_model, load_model, check_vocab
 
 # %% auto #0
@@ -110,7 +110,7 @@ class TinyInterpretation(ClassificationInterpretation):
 def _save_fig(fig, fname, dpi=50):
     "Save `fig` as a small PNG (256 colours) and close it"
     buf = io.BytesIO(); fig.savefig(buf, dpi=dpi, bbox_inches='tight'); plt.close(fig)
-    Image.open(buf).convert('RGB').quantize(256).save(fname, optimize=True)
+    with atomic_file(fname) as tmp: Image.open(buf).convert('RGB').quantize(256).save(tmp, format='PNG', optimize=True)
 
 def write_interpretation(learn, ev:dict, out, k:int=20, n_top:int=9) -> list:
     "Save `top_losses.png` and `confusion.png` (the `k` most confused classes) to `out`; return the `k` most confused pairs"
