@@ -232,3 +232,16 @@ def test_pictures_on_a_full_disk(data, tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match='no space left on device') as e: plot_history(h, tmp_path/'history.png')
     assert 'history.png' in str(e.value) and (tmp_path/'history.png').read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ['history.png']
+
+def test_out_of_memory_names_the_settings(data, tmp_path):
+    "Out of memory in a stage (GPU or CPU allocator): one PlanError naming the size, the batch size, --bs and --sizes"
+    from tiny_fastai.learner import PlanError
+    for msg in ('CUDA out of memory. Tried to allocate 2.00 GiB', "DefaultCPUAllocator: can't allocate memory: you tried to allocate 307200000000 bytes"):
+        learn = tiny_learner(tiny_dls(data, size=16, bs=8, num_workers=0, seed=0), 'tiny', path=tmp_path/'r')
+        def boom(m, a): raise RuntimeError(msg)
+        learn.model.register_forward_pre_hook(boom)
+        with pytest.raises(PlanError, match=r'out of memory at 32 px with a batch size of 8: lower the batch size \(--bs\) or the stage sizes \(--sizes\)'):
+            progressive_fit(learn, [(32, 1, 1e-3)], resume=False)
+    learn = tiny_learner(tiny_dls(data, size=16, bs=8, num_workers=0, seed=0), 'tiny', path=tmp_path/'r')
+    learn.model.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(RuntimeError('something else')))
+    with pytest.raises(RuntimeError, match='something else'): progressive_fit(learn, [(32, 1, 1e-3)], resume=False)

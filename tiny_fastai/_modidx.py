@@ -256,6 +256,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'tiny_fastai.learner._in_fit': ('learner.html#_in_fit', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner._is_int': ('learner.html#_is_int', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner._largest': ('learner.html#_largest', 'tiny_fastai/learner.py'),
+                                     'tiny_fastai.learner._memory_hint': ('learner.html#_memory_hint', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner._mismatch': ('learner.html#_mismatch', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner._mix_cb': ('learner.html#_mix_cb', 'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner._num': ('learner.html#_num', 'tiny_fastai/learner.py'),

@@ -570,7 +570,7 @@ def _largest(fits, start:int, max_bs:int, multiple:int=8) -> int:
         else: hi = mid
     return lo
 
-def _oom(e): return isinstance(e, torch.cuda.OutOfMemoryError) or any(m in str(e) for m in ('out of memory', 'ALLOC_FAILED'))
+def _oom(e): return isinstance(e, torch.cuda.OutOfMemoryError) or any(m in str(e) for m in ('out of memory', 'ALLOC_FAILED', "can't allocate memory"))
 
 def _try_bs(learn, bs, size, device):
     "Forward and backward on a random batch of `bs` images of `size` px; False if the GPU runs out of memory"
@@ -649,6 +649,15 @@ def check_sched(sched:str) -> str:
     if sched not in SCHEDS: raise PlanError(f"unknown schedule {sched!r}; use one of: {', '.join(SCHEDS)}")
     return sched
 
+@contextmanager
+def _memory_hint(learn, size):
+    "Out of memory while training at `size` px: one line naming the settings to lower, not an allocator's traceback"
+    try: yield
+    except Exception as e:
+        if not _oom(e): raise
+        raise PlanError(f"out of memory at {size} px with a batch size of {learn.dls.train.bs}: lower the batch size (--bs) "
+                        f"or the stage sizes (--sizes)") from e
+
 def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_kw:dict=None, sched:str='stages',
                     pct_start:float=0.25, restart_hint:str='resume=False', **kwargs):
     "Fit `learn` stage by stage: `stages` is a list of `(size, epochs, lr)`, `lr=None` runs `lr_find`; resumes from a checkpoint"
@@ -688,18 +697,19 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
         if rng is not None: set_rng_state(rng, learn.dls.train); rng = None  # checkpoint inside this stage
         ck.stage = dict(stage=i, size=size, epochs=n, lr=lrs[i])
         if lrs[i] is None:
-            lrs[i] = broadcast_object(find_lr(learn, learn.path/f'lr_find_{i+1}_{size}px.png', **(lr_find_kw or {})))
+            with _memory_hint(learn, size): lrs[i] = broadcast_object(find_lr(learn, learn.path/f'lr_find_{i+1}_{size}px.png', **(lr_find_kw or {})))
             rank0_print(f"stage {i+1} ({size}px): lr_find suggests {lrs[i]:.2e}")
             ck.stage['lr'] = lrs[i]
             ck.save(lrs=lrs, stage=i, stage_epochs=0)
         if sched == 'one' and i > 0: lrs[i] = ck.stage['lr'] = lrs[0]   # one cycle: the first stage's peak for all
         ck.meta.update(lrs=lrs, stage=i)
         try:
-            if sched == 'stages': learn.fit_one_cycle(n, lrs[i], start_epoch=done, pct_start=pct_start, **kwargs)
-            else:
-                total,before = sum(m for _,m,_ in plan),sum(m for _,m,_ in plan[:i])
-                cb = ParamScheduler(cycle_slice(lrs[0], before/total, (before+n)/total, pct_start=pct_start, **kwargs))
-                learn.fit(n, start_epoch=done, cbs=cb)
+            with _memory_hint(learn, size):
+                if sched == 'stages': learn.fit_one_cycle(n, lrs[i], start_epoch=done, pct_start=pct_start, **kwargs)
+                else:
+                    total,before = sum(m for _,m,_ in plan),sum(m for _,m,_ in plan[:i])
+                    cb = ParamScheduler(cycle_slice(lrs[0], before/total, (before+n)/total, pct_start=pct_start, **kwargs))
+                    learn.fit(n, start_epoch=done, cbs=cb)
         except NanLossError as e:
             e.args = (getattr(e, 'msg', e.args[0]),); raise
         done = 0
