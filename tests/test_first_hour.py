@@ -42,6 +42,10 @@ def test_interpretation_written_by_train_and_evaluate(run, data):
     assert ev['most_confused'] == json.loads((out/'ev'/'evaluate.json').read_text())['most_confused']
     assert (out/'ev'/'confusion.png').exists() and (out/'ev'/'top_losses.png').exists()
     assert 'preds' not in ev and json.dumps(ev)
+    before = {f: (out/f).read_bytes() for f in ('top_losses.png', 'confusion.png')}
+    ev = evaluate_model(out, data, tta=False)                       # the run folder: train's pictures stay as they are
+    assert ev['out'] == str(out/'evaluate') and (out/'evaluate'/'evaluate.json').exists() and (out/'evaluate'/'confusion.png').exists()
+    assert {f: (out/f).read_bytes() for f in before} == before
 
 def test_plain_lines_when_stdout_is_not_a_terminal(run):
     "In a log (stdout not a terminal): a header per stage and one plain line per epoch, no progress-bar redraws"
