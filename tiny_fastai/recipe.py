@@ -297,7 +297,7 @@ def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True,
     ev = evaluate(learn, tta=tta, with_preds=out is not False)
     res = dict({k: v for k,v in ev.items() if k not in ('preds', 'targs', 'dl')}, size=size)
     if out is not False:   # the pictures and the results beside the model (or in `out`)
-        out = Path(ifnone(out, (model if Path(model).is_dir() else Path(model).parent)/'evaluate')); out.mkdir(parents=True, exist_ok=True)
+        out = Path(ifnone(out, (Path(model) if Path(model).is_dir() else Path(model).parent)/'evaluate')); out.mkdir(parents=True, exist_ok=True)
         res['most_confused'] = write_interpretation(learn, ev, out)
         atomic_save(json.dumps(finite(dict(res, model=str(model), data=str(path))), indent=1) + '\n', out/'evaluate.json', text=True)
         res['out'] = str(out)
