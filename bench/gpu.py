@@ -24,7 +24,7 @@ on DATA (e.g. the bundled sample) with the tiny preset, for testing."""
 import argparse, json, os, platform, shutil, sys, tempfile, time, traceback, warnings
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
-from common import cpu_model, load, machine   # (and the checkout on the path)
+from common import cpu_model   # (and the checkout on the path)
 T0 = time.time()
 import torch, torch.nn.functional as F
 from fastai.vision.all import *
@@ -32,7 +32,7 @@ from tiny_fastai.data import get_tiny_imagenet
 from tiny_fastai.loaders import tiny_dls, resize_dls
 from tiny_fastai.models import get_arch, count_macs
 from tiny_fastai.recipe import train_recipe, get_recipe
-from tiny_fastai.learner import get_opt, wd_splitter, Checkpoint
+from tiny_fastai.learner import get_opt, wd_splitter
 
 warnings.filterwarnings('ignore')
 

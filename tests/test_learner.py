@@ -232,6 +232,8 @@ def test_pictures_on_a_full_disk(data, tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match='no space left on device') as e: plot_history(h, tmp_path/'history.png')
     assert 'history.png' in str(e.value) and (tmp_path/'history.png').read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ['history.png']
+    import matplotlib.pyplot as plt
+    assert not plt.get_fignums()   # the figure is closed although saving failed
 
 def test_out_of_memory_names_the_settings(data, tmp_path):
     "Out of memory in a stage (GPU or CPU allocator): one PlanError naming the size, the batch size, --bs and --sizes"
@@ -245,3 +247,15 @@ def test_out_of_memory_names_the_settings(data, tmp_path):
     learn = tiny_learner(tiny_dls(data, size=16, bs=8, num_workers=0, seed=0), 'tiny', path=tmp_path/'r')
     learn.model.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(RuntimeError('something else')))
     with pytest.raises(RuntimeError, match='something else'): progressive_fit(learn, [(32, 1, 1e-3)], resume=False)
+
+def test_one_cycle_finds_one_learning_rate(data, tmp_path, monkeypatch):
+    "sched='one': lr_find runs for the first stage only (its peak serves all); different rates per stage are refused"
+    from fastai.learner import Learner
+    from tiny_fastai.learner import PlanError
+    calls, real = [], Learner.lr_find
+    monkeypatch.setattr(Learner, 'lr_find', lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    learn = tiny_learner(_dls(data, size=16, bs=8), 'tiny', path=tmp_path/'a')
+    progressive_fit(learn, [(16, 1, None), (32, 1, None)], sched='one', lr_find_kw=dict(num_it=10))
+    assert len(calls) == 1 and learn.checkpoint.meta['lrs'][0] == learn.checkpoint.meta['lrs'][1]
+    learn = tiny_learner(_dls(data, size=16, bs=8), 'tiny', path=tmp_path/'b')
+    with pytest.raises(PlanError, match="sched 'one' runs one cycle"): progressive_fit(learn, [(16, 1, 1e-3), (32, 1, 2e-3)], sched='one')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #4780f84a
 from __future__ import annotations
-import os, errno, random, re, shutil, tarfile, tempfile, time, zipfile, zlib
+import os, errno, random, re, shutil, tarfile, tempfile, zipfile, zlib
 from contextlib import contextmanager
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_infer.ipynb #c1a0e004
 from __future__ import annotations
-import os, json, hashlib, warnings, zipfile
+import json, hashlib, zipfile
 from pathlib import Path
 from fastai.vision.all import *
 from safetensors import SafetensorError

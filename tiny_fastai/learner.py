@@ -26,7 +26,7 @@ __all__ = ['MAX_EPOCHS', 'MAX_SIZE', 'CKPT_FORMAT', 'OPTS', 'MIXES', 'SCHEDS', '
            'history_csv', 'read_checkpoint', 'load_checkpoint', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress',
            'interactive_output', 'PlainProgress', 'MixCut', 'EMA', 'apply_ema', 'check_opt', 'get_opt', 'wd_splitter',
            'compile_model', 'check_mix', 'tiny_learner', 'find_max_bs', 'find_lr', 'cycle_slice', 'check_sched',
-           'progressive_fit', 'HFlip', 'check_tta', 'evaluate', 'plot_history']
+           'check_lrs', 'progressive_fit', 'HFlip', 'check_tta', 'evaluate', 'plot_history']
 
 # %% ../nbs/04_learner.ipynb #f85cad51
 class PlanError(ValueError):
@@ -122,10 +122,6 @@ def save_figure(fig, fname, **kwargs):
     "`fig.savefig` to `fname` as a PNG, atomically: a full disk is one clear error and no half-written picture stays"
     with atomic_file(fname) as tmp: fig.savefig(tmp, format='png', **kwargs)
     return Path(fname)
-
-def _clean_tmp(fname):
-    "Remove temporary files of `atomic_save` for `fname` left by killed processes (never a live process's)"
-    clean_tmp(Path(fname).parent, Path(fname).name)
 
 # %% ../nbs/04_learner.ipynb #ff3a219f
 def rng_state(dl=None) -> dict:
@@ -624,9 +620,10 @@ def find_lr(learn, fname=None, num_it:int=100, **kwargs) -> float:
         warnings.simplefilter('ignore')
         res = learn.lr_find(num_it=num_it, show_plot=True, **kwargs)
     fig = plt.gcf()
-    if fname is not None and is_rank0():
-        save_figure(fig, fname, dpi=80, bbox_inches='tight')
-    if not IN_NOTEBOOK: plt.close(fig)
+    try:
+        if fname is not None and is_rank0(): save_figure(fig, fname, dpi=80, bbox_inches='tight')
+    finally:
+        if not IN_NOTEBOOK: plt.close(fig)   # also when saving failed
     lr = float(res.valley)
     if not math.isfinite(lr) or lr <= 0:
         raise PlanError(f"lr_find found no usable learning rate (suggested {lr}); give one explicitly (e.g. --lr 1e-3)")
@@ -649,6 +646,13 @@ def check_sched(sched:str) -> str:
     if sched not in SCHEDS: raise PlanError(f"unknown schedule {sched!r}; use one of: {', '.join(SCHEDS)}")
     return sched
 
+def check_lrs(lrs, sched:str='stages') -> list:
+    "`lrs` (one per stage) if `sched` can use them: one cycle ('one') has one peak, the first stage's; later stages None or the same"
+    if sched == 'one' and any(lr is not None and lr != lrs[0] for lr in lrs[1:]):
+        raise PlanError(f"sched 'one' runs one cycle across the stages with one peak learning rate; got {', '.join(map(str, lrs))}: "
+                        f"give one, or sched 'stages' (--sched stages) for a cycle per stage")
+    return lrs
+
 @contextmanager
 def _memory_hint(learn, size):
     "Out of memory while training at `size` px: one line naming the settings to lower, not an allocator's traceback"
@@ -663,7 +667,7 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
     "Fit `learn` stage by stage: `stages` is a list of `(size, epochs, lr)`, `lr=None` runs `lr_find`; resumes from a checkpoint"
     # `restart_hint`: how the caller starts over, named when the checkpoint belongs to another run (train_recipe: restart=True, the CLI: --restart)
     plan = check_plan(stages)
-    check_sched(sched)
+    check_sched(sched); check_lrs([lr for *_,lr in plan], sched)
     ck = getattr(learn, 'checkpoint', None)
     if ck is None: raise PlanError("progressive_fit needs the Checkpoint callback (tiny_learner adds it unless checkpoint=None)")
     want = dict(plan=[[s,n] for s,n,_ in plan], arch=getattr(learn, 'arch', None), **(config or {}))
@@ -673,7 +677,7 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
         n,bs = len(learn.dls.train_ds),learn.dls.train.bs
         raise PlanError(f"the batch size {bs} is larger than the {n} training images: fastai drops an incomplete last batch, "
                         f"so there would be no training batch; use a batch size of at most {n} (--bs)")
-    if is_rank0(): _clean_tmp(ck.file)
+    if is_rank0(): clean_tmp(ck.file.parent, ck.file.name)   # what killed runs left of their checkpoint
     state = on_rank0(lambda: read_checkpoint(ck.file) if resume and ck.file.exists() else None)
     if state is not None:
         bad = _mismatch(state['meta'], want)
@@ -695,13 +699,13 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
         if rng is not None and ended: set_rng_state(rng); rng = None         # checkpoint at the end of a stage
         learn.dls = resize_dls(learn.dls, size)
         if rng is not None: set_rng_state(rng, learn.dls.train); rng = None  # checkpoint inside this stage
+        if sched == 'one' and i > 0: lrs[i] = lrs[0]   # one cycle: the first stage's peak for all (no lr_find after the first)
         ck.stage = dict(stage=i, size=size, epochs=n, lr=lrs[i])
         if lrs[i] is None:
             with _memory_hint(learn, size): lrs[i] = broadcast_object(find_lr(learn, learn.path/f'lr_find_{i+1}_{size}px.png', **(lr_find_kw or {})))
             rank0_print(f"stage {i+1} ({size}px): lr_find suggests {lrs[i]:.2e}")
             ck.stage['lr'] = lrs[i]
             ck.save(lrs=lrs, stage=i, stage_epochs=0)
-        if sched == 'one' and i > 0: lrs[i] = ck.stage['lr'] = lrs[0]   # one cycle: the first stage's peak for all
         ck.meta.update(lrs=lrs, stage=i)
         try:
             with _memory_hint(learn, size):
@@ -766,6 +770,8 @@ def plot_history(history, fname=None):
     axs[0].set_title('loss', pad=16); axs[1].set_title('accuracy (val)', pad=16); axs[1].set_ylim(0, 1)
     for ax in axs: ax.set_xlabel('epoch'); ax.legend()
     fig.tight_layout()
-    if fname is not None and is_rank0(): save_figure(fig, fname, dpi=80)
-    if not IN_NOTEBOOK: plt.close(fig)
+    try:
+        if fname is not None and is_rank0(): save_figure(fig, fname, dpi=80)
+    finally:
+        if not IN_NOTEBOOK: plt.close(fig)   # also when saving failed
     return fig

@@ -4,16 +4,16 @@
 
 # %% ../nbs/06_recipe.ipynb #d2b0e004
 from __future__ import annotations
-import os, json, time, math, hashlib, platform
+import os, re, json, time, math, shutil, hashlib, platform
 try: import fcntl
 except ImportError: fcntl = None   # no lock on Windows
 from pathlib import Path
 from fastai.vision.all import *
-from .data import sample_path, get_tiny_imagenet, URL_TINY
+from .data import sample_path, get_tiny_imagenet, URL_TINY, clean_tmp
 from .loaders import tiny_dls
 from .models import get_arch
 from .distrib import init_distrib, distrib_training, rank0_first, is_rank0, rank0_print, local_bs, world_size, no_gather
-from .learner import (PlanError, check_plan, check_bs, check_seed, check_mix, check_opt, check_sched, check_tta,
+from .learner import (PlanError, check_plan, check_bs, check_seed, check_mix, check_opt, check_sched, check_lrs, check_tta,
                                  tiny_learner, progressive_fit, apply_ema, evaluate, plot_history, atomic_save, atomic_file, dls_size)
 from .infer import export_learner, export_model, load_model, check_vocab
 
@@ -72,10 +72,7 @@ def resolve_plan(preset='demo', arch=None, epochs=None, sizes=None, lrs=None, bs
     r.update({k:v for k,v in overrides.items() if v is not None})
     r.update(sizes=sizes, epochs=epochs, lrs=lrs, bs=check_bs(bs if bs is not None else r['bs']), preset=preset)
     r['stages'] = check_plan(list(zip(sizes, epochs, lrs)))
-    check_mix(r['mix']); check_opt(r['opt']); check_sched(r['sched']); r['tta'] = check_tta(r['tta'])
-    if r['sched'] == 'one' and len(set(lrs)) > 1:   # one cycle has one peak: the later stages' rates would be ignored
-        raise PlanError(f"sched 'one' runs one cycle across the stages with one peak learning rate; got {', '.join(map(str, lrs))}: "
-                        f"give one, or sched 'stages' (--sched stages) for a cycle per stage")
+    check_mix(r['mix']); check_opt(r['opt']); check_sched(r['sched']); check_lrs(lrs, r['sched']); r['tta'] = check_tta(r['tta'])
     return r
 
 # %% ../nbs/06_recipe.ipynb #18dc88bf
@@ -252,9 +249,6 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     return res
 
 # %% ../nbs/06_recipe.ipynb #fdb94164
-import re, shutil
-from .data import clean_tmp
-
 def check_out(out) -> Path:
     "`out` as a `Path`, or a `PlanError` if it is not a folder or this user cannot write it; creates nothing"
     out = Path(out)
