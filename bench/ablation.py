@@ -37,7 +37,7 @@ ROWS = {  # cumulative: each row adds one change to the row before it
 def run_row(sub, row, a, seed, out):
     "Train one row of the ablation from scratch and evaluate it plain, with flip TTA and with augmentation TTA"
     from fastai.vision.all import set_seed
-    from tiny_fastai.data import tiny_dls
+    from tiny_fastai.loaders import tiny_dls
     from tiny_fastai.train import tiny_learner, progressive_fit, evaluate, apply_ema
     sizes, epochs = [int(s) for s in a.sizes.split(',')], [int(e) for e in a.epochs.split(',')]
     lr = a.sgd_lr if row['opt'] == 'sgd' else a.lr
@@ -52,7 +52,7 @@ def run_row(sub, row, a, seed, out):
     t1 = time.time()
     flip = evaluate(learn, size=sizes[-1], tta='flip')
     aug = evaluate(learn, size=sizes[-1], tta='aug', n=a.tta_n)
-    hist = learn.checkpoint.history
+    hist = learn.run_progress.history
     return dict(top1=flip['top1'], top5=flip['top5'], top1_flip=flip['top1_tta'], top1_aug=aug['top1_tta'],
                 top1_aug_check=aug['top1'], lr=lr, train_s=train_s, eval_s=time.time() - t1, n_valid=flip['n_valid'],
                 last_train_loss=hist[-1].get('train_loss') if hist else None, params=learn.rules['params'],

@@ -90,7 +90,9 @@ def ours(path, sizes, epochs, lr, bs, seed, num_workers, arch, out, fast=True):
     "tiny_fastai's recipe at the same sizes and epochs"
     from fastai.vision.all import set_seed
     from tiny_fastai.loaders import tiny_dls
-    from tiny_fastai.learner import tiny_learner, progressive_fit, evaluate
+    from tiny_fastai.learner import tiny_learner
+    from tiny_fastai.fit import progressive_fit
+    from tiny_fastai.evaluate import evaluate
     set_seed(seed, reproducible=True)
     dls = tiny_dls(path, size=sizes[0], bs=bs, seed=seed, num_workers=num_workers, cache=fast)
     learn = tiny_learner(dls, arch, path=out)

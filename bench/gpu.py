@@ -31,7 +31,8 @@ from fastai.vision.all import *
 from tiny_fastai.data import get_tiny_imagenet
 from tiny_fastai.loaders import tiny_dls, resize_dls
 from tiny_fastai.models import get_arch, count_macs
-from tiny_fastai.recipe import train_recipe, get_recipe
+from tiny_fastai.recipe import train_recipe
+from tiny_fastai.plan import get_recipe
 from tiny_fastai.learner import get_opt, wd_splitter
 
 warnings.filterwarnings('ignore')
@@ -172,7 +173,7 @@ class Progress(Callback):
     def before_train(self):
         if time.time() > self.deadline: self.rep(self.step, stopped='the time budget ran out'); raise CancelFitException()
     def after_epoch(self):
-        h = self.learn.checkpoint.history
+        h = self.learn.run_progress.history
         if len(h) == self.n: return
         self.n = len(h); say(f"{self.step} epoch {len(h)}: {h[-1]['size']} px, top-1 {h[-1]['top1']:.4f}, {h[-1]['time_s']:.1f} s")
         self.rep(self.step, history=list(h), train_s=round(sum(r['time_s'] for r in h), 1),

@@ -9,7 +9,7 @@ from torch import nn
 from fastai.basics import *
 from fastai.callback.all import *
 from tiny_fastai.distrib import *
-from tiny_fastai.learner import evaluate   # the one evaluation, in and out of distributed runs
+from tiny_fastai.evaluate import evaluate
 
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(1)

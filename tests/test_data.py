@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 import tiny_fastai.data as tdata
-from tiny_fastai.data import (LayoutError, ArchiveError, DownloadError, Layout, scan, check_layout, class_names, get_tiny_imagenet,
-                              make_subset, sample_path, open_image)
+from tiny_fastai.data import LayoutError, ArchiveError, DownloadError, Layout, scan, check_layout, class_names, get_tiny_imagenet, make_subset, sample_path, open_image
 
 SAMPLE = sample_path()
 

@@ -6,9 +6,15 @@ import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from pathlib import Path
 from tiny_fastai.data import make_subset, sample_path
-from tiny_fastai.loaders import tiny_dls, figures_to_files, save_figures
-from tiny_fastai.learner import tiny_learner, progressive_fit, CheckpointError, PlanError, ThrottledProgress, PlainProgress
-from tiny_fastai.recipe import train_recipe, evaluate_model, resolve_plan, cpu_estimate
+from tiny_fastai.loaders import tiny_dls
+from tiny_fastai.files import figures_to_files, save_figures
+from tiny_fastai.learner import tiny_learner
+from tiny_fastai.fit import progressive_fit
+from tiny_fastai.checkpoint import CheckpointError
+from tiny_fastai.plan import PlanError
+from tiny_fastai.callbacks import ThrottledProgress, PlainProgress
+from tiny_fastai.recipe import train_recipe, evaluate_model, cpu_estimate
+from tiny_fastai.plan import resolve_plan
 import tiny_fastai.recipe as recipe
 from test_cli import run_main
 
@@ -31,7 +37,7 @@ def test_interpretation_written_by_train_and_evaluate(run, data):
     out, res, _ = run
     saved = json.loads((out/'results.json').read_text())
     mc = saved['most_confused']
-    assert mc and len(mc) <= 20 and mc == res['most_confused']
+    assert mc and len(mc) <= 20 and mc == res.most_confused
     assert all(isinstance(a, str) and isinstance(b, str) and a != b and isinstance(n, int) and n > 0 for a,b,n in mc)
     assert {a for a,_,_ in mc} <= set(saved['classes']) and not any(c.startswith('n0') for c,_,_ in mc)   # names, not wnids
     assert [n for *_,n in mc] == sorted((n for *_,n in mc), reverse=True)
@@ -65,7 +71,7 @@ def test_progress_bar_in_a_terminal(data, tmp_path, monkeypatch):
 def test_gpu_presets_refused_on_a_cpu(tmp_path, monkeypatch):
     "sprint/full without a GPU: one line with the estimate, naming --cpu (the CLI) or device='cpu' (Python); nothing written"
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    monkeypatch.setattr(recipe, 'cpu_estimate', lambda r, **kw: [60.0]*len(r['sizes']))
+    monkeypatch.setattr(recipe, 'cpu_estimate', lambda r, **kw: [60.0]*len(r.sizes))
     code, _, err = run_main('train', '--preset', 'sprint', '--out', tmp_path/'s')
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert '--cpu' in err and 'about 0.7 hours' in err and '1 min at 32px' in err and 'timing one training step' in err

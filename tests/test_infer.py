@@ -43,12 +43,12 @@ def no_pickle(monkeypatch):
 def test_train_writes_safetensors_pair(run):
     "The run writes model.safetensors and model.json (atomically: no temporary file left) with what rebuilds the model"
     out, _, res = run
-    assert {'model.safetensors', 'model.json', 'model.pkl'} <= set(res['files'])
+    assert {'model.safetensors', 'model.json', 'model.pkl'} <= set(res.files)
     assert not list(out.glob('.model.*'))
     info = json.loads((out/'model.json').read_text())
-    assert info['arch'] == 'tiny' and info['arch_kwargs'] == {'n_out': 5} and info['classes'] == res['classes']
+    assert info['arch'] == 'tiny' and info['arch_kwargs'] == {'n_out': 5} and info['classes'] == res.classes
     assert info['size'] == 32 and info['item_size'] == [64, 64] and len(info['stats']) == 2 and len(info['wnids']) == 5
-    assert all(w and w.startswith('n') for w in info['wnids']) and info['data'] == res['data']
+    assert all(w and w.startswith('n') for w in info['wnids']) and info['data'] == res.data
     sd = load_file(out/'model.safetensors')
     assert sd and all(isinstance(t, torch.Tensor) for t in sd.values())
 
@@ -57,7 +57,7 @@ def test_default_route_without_pickle(run, images, no_pickle):
     out, data, res = run
     for p in (out, out/'model.safetensors', out/'model.json'): assert isinstance(load_model(p), TinyModel)
     ev = evaluate_model(out, data, num_workers=0, tta=False)
-    assert ev['n_valid'] == 50 and ev['size'] == 32 and ev['top1'] == pytest.approx(res['top1'], abs=1e-6)
+    assert ev['n_valid'] == 50 and ev['size'] == 32 and ev['top1'] == pytest.approx(res.top1, abs=1e-6)
     assert evaluate_model(out/'model.json', num_workers=0, tta=False)['top1'] == ev['top1']   # its own data by default
     code, o, err = run_main('predict', out, *images, '--json', '-k', '3')
     assert code == 0, err

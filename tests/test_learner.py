@@ -6,8 +6,12 @@ from pathlib import Path
 from fastai.vision.all import (Callback, CancelFitException, OptimWrapper, combined_cos, Learner, CrossEntropyLossFlat)
 from tiny_fastai.data import make_subset, sample_path
 from tiny_fastai.loaders import tiny_dls
-from tiny_fastai.learner import (read_checkpoint, CheckpointError, CKPT_FORMAT, tiny_learner, progressive_fit, evaluate, get_opt, wd_splitter, cycle_slice,
-                                 MixCut, EMA, apply_ema, compile_model, HFlip, top1, find_max_bs, _largest)
+from tiny_fastai.checkpoint import read_checkpoint, CheckpointError, CKPT_FORMAT
+from tiny_fastai.learner import tiny_learner, get_opt, wd_splitter, compile_model, top1, find_max_bs
+from tiny_fastai.learner import _largest
+from tiny_fastai.fit import progressive_fit, cycle_slice
+from tiny_fastai.evaluate import evaluate
+from tiny_fastai.callbacks import MixCut, EMA, apply_ema, HFlip
 from tiny_fastai.infer import export_learner, load_model_file
 
 @pytest.fixture(scope='module')
@@ -42,7 +46,7 @@ def test_one_cycle_across_stages_is_fit_one_cycles_schedule(data, tmp_path):
     f = combined_cos(0.3, 0.1/25, 0.1, 0.1/1e5)
     expect = [f((n + i)/(3*n)) for i in range(2*n)]
     assert lrs == pytest.approx(expect, rel=1e-6)
-    assert [h['lr'] for h in learn.checkpoint.history] == [0.1, 0.1, 0.1]
+    assert [h['lr'] for h in learn.run_progress.history] == [0.1, 0.1, 0.1]
 
 def test_mixcut(data):
     "MixCut mixes each batch with MixUp or CutMix and stops mixing for the last `off` of training"
@@ -117,7 +121,7 @@ class _Stop(Callback):
     order = 90
     def __init__(self, at): self.at = at
     def after_epoch(self):
-        if len(self.learn.checkpoint.history) == self.at: raise KeyboardInterrupt
+        if len(self.learn.run_progress.history) == self.at: raise KeyboardInterrupt
 
 class _Signal(Callback):
     "Send this process `sig` at the first batch of epoch `at` (of the current fit)"
@@ -223,8 +227,8 @@ def test_incomplete_checkpoint_refused(data, tmp_path):
 def test_pictures_on_a_full_disk(data, tmp_path, monkeypatch):
     "history.png (and every picture saved with save_figure) on a full disk: the clear error, the old picture kept, no temp file"
     import errno, matplotlib.figure
-    from tiny_fastai.learner import plot_history
-    from tiny_fastai.data import DiskFullError
+    from tiny_fastai.evaluate import plot_history
+    from tiny_fastai.files import DiskFullError
     h = [dict(epoch=i, stage=0, size=16, train_loss=1., valid_loss=1., top1=.5, top5=.9, time_s=1.) for i in range(2)]
     f = plot_history(h, tmp_path/'history.png'); before = (tmp_path/'history.png').read_bytes()
     def full(self, fname, **kw): open(fname, 'wb').write(b'x'); raise OSError(errno.ENOSPC, 'No space left on device')
@@ -237,7 +241,7 @@ def test_pictures_on_a_full_disk(data, tmp_path, monkeypatch):
 
 def test_out_of_memory_names_the_settings(data, tmp_path):
     "Out of memory in a stage (GPU or CPU allocator): one PlanError naming the size, the batch size, --bs and --sizes"
-    from tiny_fastai.learner import PlanError
+    from tiny_fastai.plan import PlanError
     for msg in ('CUDA out of memory. Tried to allocate 2.00 GiB', "DefaultCPUAllocator: can't allocate memory: you tried to allocate 307200000000 bytes"):
         learn = tiny_learner(tiny_dls(data, size=16, bs=8, num_workers=0, seed=0), 'tiny', path=tmp_path/'r')
         def boom(m, a): raise RuntimeError(msg)
@@ -251,11 +255,11 @@ def test_out_of_memory_names_the_settings(data, tmp_path):
 def test_one_cycle_finds_one_learning_rate(data, tmp_path, monkeypatch):
     "sched='one': lr_find runs for the first stage only (its peak serves all); different rates per stage are refused"
     from fastai.learner import Learner
-    from tiny_fastai.learner import PlanError
+    from tiny_fastai.plan import PlanError
     calls, real = [], Learner.lr_find
     monkeypatch.setattr(Learner, 'lr_find', lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     learn = tiny_learner(_dls(data, size=16, bs=8), 'tiny', path=tmp_path/'a')
     progressive_fit(learn, [(16, 1, None), (32, 1, None)], sched='one', lr_find_kw=dict(num_it=10))
-    assert len(calls) == 1 and learn.checkpoint.meta['lrs'][0] == learn.checkpoint.meta['lrs'][1]
+    assert len(calls) == 1 and learn.run_progress.lrs[0] == learn.run_progress.lrs[1]
     learn = tiny_learner(_dls(data, size=16, bs=8), 'tiny', path=tmp_path/'b')
     with pytest.raises(PlanError, match="sched 'one' runs one cycle"): progressive_fit(learn, [(16, 1, 1e-3), (32, 1, 2e-3)], sched='one')

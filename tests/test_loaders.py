@@ -14,7 +14,7 @@ from fastai.vision.all import (TensorImage, TensorCategory, TfmdDL, DataLoaders,
 import tiny_fastai.loaders as tloaders
 from tiny_fastai.augment import ImgAugTransform
 from tiny_fastai.data import TINY_STATS, LayoutError, scan, class_names, sample_path, make_subset, open_image
-from tiny_fastai.loaders import (tiny_dls, resize_dls, BatchResize, build_cache, ArrayCache, FastDL, default_cache_dir)
+from tiny_fastai.loaders import tiny_dls, resize_dls, BatchResize, build_cache, ArrayCache, FastDL, default_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sample_path()
@@ -435,7 +435,8 @@ def test_resize_show_batch_test_dl(sample_dls):
 
 
 def test_learner_train_tta_export_predict(subset, tmp_path):
-    from tiny_fastai.learner import tiny_learner, evaluate
+    from tiny_fastai.learner import tiny_learner
+    from tiny_fastai.evaluate import evaluate
     from tiny_fastai.infer import export_learner, predict_files
     dls = tiny_dls(subset, size=32, bs=16, num_workers=0, seed=0, cache=True, cache_dir=tmp_path/'c', verbose=False)
     learn = tiny_learner(dls, 'tiny', path=tmp_path, checkpoint=None)

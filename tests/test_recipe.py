@@ -6,8 +6,11 @@ import json, os, signal, pytest, torch
 from pathlib import Path
 from fastai.learner import Learner
 from tiny_fastai.data import make_subset, sample_path
-from tiny_fastai.recipe import train_recipe, resolve_plan, get_recipe
-from tiny_fastai.learner import read_checkpoint, PlanError, CheckpointError, NanLossError, CKPT_FORMAT
+from tiny_fastai.recipe import train_recipe
+from tiny_fastai.plan import resolve_plan, get_recipe
+from tiny_fastai.checkpoint import read_checkpoint, CheckpointError, CKPT_FORMAT
+from tiny_fastai.plan import PlanError
+from tiny_fastai.callbacks import NanLossError
 from tiny_fastai.models import check_rules, get_arch
 from test_learner import _Stop, _Signal   # the callbacks that interrupt a run, shared with the learner's tests
 
@@ -45,25 +48,25 @@ def test_lr_none_uses_lr_find(data, tmp_path, monkeypatch):
     monkeypatch.setattr(Learner, 'lr_find', spy)
     res = train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'lrs': [None, 1e-3]})
     assert len(calls) == 1
-    lr = res['stages'][0]['lr']
-    assert isinstance(lr, float) and 1e-7 < lr < 10 and res['stages'][1]['lr'] == 1e-3
-    assert res['history'][0]['lr'] == lr and res['history'][1]['lr'] == 1e-3
+    lr = res.stages[0]['lr']
+    assert isinstance(lr, float) and 1e-7 < lr < 10 and res.stages[1]['lr'] == 1e-3
+    assert res.history[0]['lr'] == lr and res.history[1]['lr'] == 1e-3
     assert (tmp_path/'lr_find_1_16px.png').stat().st_size > 0
-    assert 'lr_find_1_16px.png' in res['files']
+    assert 'lr_find_1_16px.png' in res.files
 
 def test_one_cycle_takes_one_learning_rate():
     "sched 'one' has one peak learning rate: different rates per stage are refused, not silently replaced by the first"
     with pytest.raises(PlanError, match="sched 'one' runs one cycle across the stages with one peak learning rate"):
         resolve_plan('demo', lrs=[1e-2, 1e-3])
-    assert resolve_plan('demo', lrs=[3e-3])['lrs'] == [3e-3, 3e-3] and resolve_plan('sprint')['sched'] == 'one'
+    assert resolve_plan('demo', lrs=[3e-3]).lrs == [3e-3, 3e-3] and resolve_plan('sprint').sched == 'one'
 
 def test_same_seed_same_metrics(data, tmp_path):
     "Two runs with the same seed and data on the CPU give the same losses and accuracies; another seed does not"
     a = train_recipe('demo', out=tmp_path/'a', data=data, seed=3, **FAST)
     b = train_recipe('demo', out=tmp_path/'b', data=data, seed=3, **FAST)
     c = train_recipe('demo', out=tmp_path/'c', data=data, seed=4, **FAST)
-    rows = lambda r: [[h[k] for k in METRICS] for h in r['history']]
-    assert rows(a) == rows(b) and (a['top1'], a['top5']) == (b['top1'], b['top5'])
+    rows = lambda r: [[h[k] for k in METRICS] for h in r.history]
+    assert rows(a) == rows(b) and (a.top1, a.top5) == (b.top1, b.top5)
     assert rows(a) != rows(c)
 
 def test_nan_stops_keeps_last_good_checkpoint_and_resumes(data, tmp_path):
@@ -77,8 +80,8 @@ def test_nan_stops_keeps_last_good_checkpoint_and_resumes(data, tmp_path):
     assert len(st['history']) == 1 and st['meta']['stage'] == 0
     assert not (tmp_path/'results.json').exists() and not (tmp_path/'model.pkl').exists()
     res = train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'lrs': [2e-3, 1e-3]})
-    assert [h['run'] for h in res['history']] == [1, 2] and res['epochs'] == 2
-    assert res['stages'][1]['lr'] == 1e-3
+    assert [h['run'] for h in res.history] == [1, 2] and res.epochs == 2
+    assert res.stages[1]['lr'] == 1e-3
 
 def test_checkpoint_of_another_run_or_corrupt_is_refused(data, tmp_path):
     "A checkpoint written for another plan is refused (not trained on); a corrupt one gives a clear error; --restart starts over"
@@ -90,7 +93,7 @@ def test_checkpoint_of_another_run_or_corrupt_is_refused(data, tmp_path):
     with pytest.raises(CheckpointError, match='cannot be read'):
         train_recipe('demo', out=tmp_path, data=data, **FAST)
     res = train_recipe('demo', out=tmp_path, data=data, restart=True, **{**FAST, 'epochs': [2, 1]})
-    assert len(res['history']) == 3 and read_checkpoint(ck)['format'] == CKPT_FORMAT
+    assert len(res.history) == 3 and read_checkpoint(ck)['format'] == CKPT_FORMAT
 
 def test_results_json(data, tmp_path):
     "results.json has the documented keys, one history row per planned epoch, and fractions in [0, 1]"
@@ -117,8 +120,8 @@ def test_presets_obey_the_rules():
     "Every recipe's model passes check_rules and its plan fits the 500-epoch limit"
     for name in ('demo', 'sprint', 'full'):
         r = resolve_plan(name)
-        check_rules(get_arch(r['arch'])())
-        assert sum(r['epochs']) <= 500
+        check_rules(get_arch(r.arch)())
+        assert sum(r.epochs) <= 500
 
 def test_long_run_features_resume_exactly(data, tmp_path):
     "The full recipe's loop (SGD, one cycle, MixCut, EMA, array cache) interrupted and resumed gives an uninterrupted run's metrics"
@@ -126,10 +129,10 @@ def test_long_run_features_resume_exactly(data, tmp_path):
     with pytest.raises(KeyboardInterrupt): train_recipe('full', out=tmp_path/'a', cbs=[_Stop(2)], **kw)
     a = train_recipe('full', out=tmp_path/'a', **kw)
     b = train_recipe('full', out=tmp_path/'b', **kw)
-    assert [h['run'] for h in a['history']] == [1, 2, 2] and a['ema'] == get_recipe('full')['ema']   # epoch 2 had no checkpoint yet
-    for h,g in zip(a['history'], b['history']):
+    assert [h['run'] for h in a.history] == [1, 2, 2] and a.ema == get_recipe('full').ema   # epoch 2 had no checkpoint yet
+    for h,g in zip(a.history, b.history):
         for k in METRICS: assert h[k] == pytest.approx(g[k], abs=1e-5), (h['epoch'], k)
-    assert a['top1'] == pytest.approx(b['top1'], abs=1e-6)
+    assert a.top1 == pytest.approx(b.top1, abs=1e-6)
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_signal_finishes_the_epoch_saves_and_stops(data, tmp_path, sig):
@@ -140,7 +143,7 @@ def test_signal_finishes_the_epoch_saves_and_stops(data, tmp_path, sig):
     assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)    # handlers given back
     assert len(read_checkpoint(tmp_path/'models'/'ckpt.pth')['history']) == 2
     res = train_recipe('demo', out=tmp_path, **kw)
-    assert [h['run'] for h in res['history']] == [1, 1, 2, 2]
+    assert [h['run'] for h in res.history] == [1, 1, 2, 2]
 
 
 # ---------------------------------------------------------------- nothing silently wrong (issue 11)
@@ -156,7 +159,7 @@ def test_finished_run_run_again_changes_nothing(data, tmp_path):
     a = train_recipe('demo', out=tmp_path, data=data, **FAST)
     t,r = (tmp_path/'model.pkl').stat().st_mtime_ns,(tmp_path/'results.json').read_text()
     b = train_recipe('demo', out=tmp_path, data=data, **FAST)
-    assert b['wall_s'] == a['wall_s'] and b['top1'] == a['top1']
+    assert b.wall_s == a.wall_s and b.top1 == a.top1
     assert (tmp_path/'model.pkl').stat().st_mtime_ns == t and (tmp_path/'results.json').read_text() == r
 
 def test_resume_with_other_data_refused(data, tmp_path):
@@ -171,7 +174,7 @@ def test_finished_stages_keep_their_learning_rate(data, tmp_path):
     "Resuming with another --lr changes only the stages not yet finished; results.json records what was run"
     with pytest.raises(KeyboardInterrupt): train_recipe('demo', out=tmp_path, data=data, cbs=[_Stop(1)], **FAST)
     res = train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'lrs': [1e-3]})
-    assert [s['lr'] for s in res['stages']] == [2e-3, 1e-3] and [h['lr'] for h in res['history']] == [2e-3, 1e-3]
+    assert [s['lr'] for s in res.stages] == [2e-3, 1e-3] and [h['lr'] for h in res.history] == [2e-3, 1e-3]
 
 def test_restart_removes_the_old_results_first(data, tmp_path):
     "--restart: a killed restart never leaves the old model and results beside the new checkpoint"
@@ -197,7 +200,7 @@ def test_one_run_at_a_time_in_a_folder(data, tmp_path):
             train_recipe('demo', out=tmp_path, data=data, **FAST)
     finally: holder.kill(); holder.wait()
     res = train_recipe('demo', out=tmp_path, data=data, **FAST)     # the holder is gone: this run takes the folder
-    assert res['epochs'] == 2 and not dead.exists()   # the killed holder's temp file went too
+    assert res.epochs == 2 and not dead.exists()   # the killed holder's temp file went too
 
 def test_leftovers_of_killed_runs_removed(data, tmp_path):
     "Temporary files of killed processes (model.pkl, results.json, the checkpoint) and lr_find's temporary folder go at the next run"

@@ -5,19 +5,20 @@ import json, os, signal, subprocess, sys, pytest
 from pathlib import Path
 from tiny_fastai.data import make_subset, sample_path
 from tiny_fastai.recipe import train_recipe
-from tiny_fastai.learner import read_checkpoint
+from tiny_fastai.checkpoint import read_checkpoint
 
 # Runs `tiny-fastai train ARGS` in this process after arranging for it to SIGKILL itself at the point MODE.
 DRIVER = r'''
 import io, os, signal, sys
-import tiny_fastai.learner as T   # progressive_fit and atomic_save look resize_dls and torch up here
+import tiny_fastai.fit as T   # progressive_fit looks resize_dls up here; torch.save is torch's own
+from tiny_fastai.checkpoint import CKPT_FORMAT
 from fastai.learner import Learner
 mode, args = sys.argv[1], sys.argv[2:]
 def die(): os.kill(os.getpid(), signal.SIGKILL)
 if mode == 'ckpt-write':        # half-way through writing the second checkpoint file
     real, n = T.torch.save, [0]
     def save(obj, f, *a, **k):
-        if isinstance(obj, dict) and obj.get('format') == T.CKPT_FORMAT:
+        if isinstance(obj, dict) and obj.get('format') == CKPT_FORMAT:
             n[0] += 1
             if n[0] == 2:
                 buf = io.BytesIO(); real(obj, buf, *a, **k); data = buf.getvalue()
@@ -34,7 +35,7 @@ elif mode == 'between-stages':  # when the loaders of the next stage are being m
 elif mode == 'mid-epoch':       # at the third training batch of the run's fourth epoch
     real = Learner.one_batch
     def one_batch(self, i, b):
-        if self.training and len(self.checkpoint.history) == 3 and i == 2: die()
+        if self.training and len(self.run_progress.history) == 3 and i == 2: die()
         return real(self, i, b)
     Learner.one_batch = one_batch
 from tiny_fastai.cli import main
@@ -90,7 +91,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     ref = train_recipe('demo', out=tmp_path/'ref', data=data, sizes=[16,32,64], epochs=[2,1,2], lrs=[None,2e-3,1e-3], sched='stages',
                        bs=16, seed=5, tta=False)
     keys = ('train_loss', 'valid_loss', 'top1', 'top5')
-    assert ref['stages'][0]['lr'] == pytest.approx(lr0)
-    for h, g in zip(res['history'], ref['history']):
+    assert ref.stages[0]['lr'] == pytest.approx(lr0)
+    for h, g in zip(res['history'], ref.history):
         for k in keys: assert h[k] == pytest.approx(g[k], abs=1e-5), (h['epoch'], k)
-    assert res['top1'] == pytest.approx(ref['top1'], abs=1e-6)
+    assert res['top1'] == pytest.approx(ref.top1, abs=1e-6)

@@ -1,10 +1,5 @@
-__version__ = "0.1.0"
+"""tiny_fastai: train an image classifier from scratch on Tiny ImageNet with fastai.
 
-import warnings as _warnings
-with _warnings.catch_warnings():
-    # fastai 2.8 decorates a few layers with `torch.jit.script` (deprecated since torch 2.10) and sets a pandas option
-    # that pandas 3 deprecates, both at import: nothing a user of this package can act on, so they are silenced here,
-    # where they arise, and nowhere else.
-    _warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
-    _warnings.filterwarnings('ignore', message=r".*'mode\.chained_assignment' option is deprecated")
-    import fastai.vision.all, fastai.tabular.core
+Importing the package imports nothing heavy (`tiny-fastai --help` needs no fastai); each module imports fastai through
+`tiny_fastai.core`, which silences the warnings fastai raises at import that a user cannot act on."""
+__version__ = "0.1.0"

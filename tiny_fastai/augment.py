@@ -4,6 +4,7 @@
 
 # %% ../nbs/03_augment.ipynb #9bee1b74
 from __future__ import annotations
+from .core import *
 import os
 import numpy as np, torch, cv2
 import imgaug, imgaug.augmenters as iaa, imgaug.parameters as iap

@@ -4,6 +4,7 @@
 
 # %% ../nbs/02_data.ipynb #4780f84a
 from __future__ import annotations
+from .core import *
 import os, errno, random, re, shutil, tarfile, tempfile, zipfile, zlib
 from contextlib import contextmanager
 from collections import Counter
@@ -18,12 +19,12 @@ from fastai.vision.all import *
 from fastai.data.external import fastai_cfg
 from fastdownload import download_url
 import tiny_fastai
+from .files import pid_alive
 
 # %% auto #0
 __all__ = ['URL_TINY', 'TINY_STATS', 'SOURCE_FILE', 'LayoutError', 'ArchiveError', 'DownloadError', 'read_text', 'class_names',
            'find_bad_images', 'to_rgb', 'open_image', 'Layout', 'scan', 'check_layout', 'make_subset', 'sample_path',
-           'pid_alive', 'archive_fingerprint', 'extracted_from', 'get_tiny_imagenet', 'DiskFullError', 'fmt_bytes',
-           'free_space', 'check_space', 'is_disk_full', 'disk_full_message', 'tmp_path', 'clean_tmp', 'tiny_stats']
+           'archive_fingerprint', 'extracted_from', 'get_tiny_imagenet', 'tiny_stats']
 
 # %% ../nbs/02_data.ipynb #4781496e
 URL_TINY = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
@@ -294,13 +295,6 @@ def _archive_kind(p):
 
 def _is_url(s): return isinstance(s, str) and urlparse(s).scheme in ('http', 'https', 'ftp', 'file')
 
-def pid_alive(pid:int) -> bool:
-    "Whether process `pid` is running (for cleaning up after killed processes)"
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except Exception: pass
-    return True
-
 def _clean_partials(dest, mine:bool=False):
     "Remove temporary folders left by extractions whose process is gone (killed), and this process's own if `mine`"
     for d in Path(dest).glob('.tiny-imagenet-200.partial-*'):
@@ -400,58 +394,6 @@ def get_tiny_imagenet(source=None, # URL (default `URL_TINY`), .zip/.tar.gz/.tgz
         scan(p); return p
     if _archive_kind(p): return _extract(p, ifnone(dest, fastai_cfg().path('data')))
     raise LayoutError(f"{p} is neither a folder nor a .zip/.tar.gz/.tgz archive")
-
-# %% ../nbs/02_data.ipynb #e2165ef2
-class DiskFullError(OSError):
-    "A file that cannot be written because its disk is full (or would be); the message names it"
-    def __init__(self, msg, path=None):
-        super().__init__(msg)
-        self.errno,self.path,self.msg = errno.ENOSPC,path,msg
-    def __str__(self): return self.msg   # unchanged when fastai prefixes the callback that raised it
-
-def fmt_bytes(n:int) -> str:
-    "`n` bytes as a short text: 1.2 GB, 350.0 MB, 12.0 kB"
-    for u,k in (('GB',1e9), ('MB',1e6), ('kB',1e3)):
-        if n >= k: return f'{n/k:.1f} {u}'
-    return f'{n} bytes'
-
-def free_space(path) -> int:
-    "Bytes this user may still write on the disk of `path` (or of its nearest existing parent)"
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent: p = p.parent
-    return shutil.disk_usage(p).free
-
-def check_space(path, need:int, hint:str=''):
-    "Raise `DiskFullError` if `need` bytes do not fit on the disk of `path`"
-    free = free_space(path)
-    if need > free: raise DiskFullError(f"no space left on device: {path} needs {fmt_bytes(need)}, {fmt_bytes(free)} free{hint}", path)
-
-_TORCH_SHORT_WRITE = ('unexpected pos', 'inline_container.cc', 'file write failed')
-
-def is_disk_full(e) -> bool:
-    "Whether the exception `e` says a write failed for lack of space"
-    if isinstance(e, OSError): return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(e, RuntimeError) and any(m in str(e) for m in _TORCH_SHORT_WRITE + ('No space left on device',))
-
-@contextmanager
-def disk_full_message(path, hint:str=''):
-    "Turn a write in the block that fails for lack of space into a `DiskFullError` naming `path` and the free space"
-    try: yield
-    except DiskFullError: raise
-    except Exception as e:
-        if not is_disk_full(e): raise
-        raise DiskFullError(f"no space left on device: writing {path} failed ({fmt_bytes(free_space(path))} free){hint}", path) from e
-
-def tmp_path(fname) -> Path:
-    "The temporary file beside `fname` that this process writes before it replaces `fname`: `.<name>.<pid>.tmp`"
-    fname = Path(fname)
-    return fname.with_name(f'.{fname.name}.{os.getpid()}.tmp')
-
-def clean_tmp(folder, name:str='*'):
-    "Remove the temporary files `.<name>.<pid>.tmp` in `folder` whose process is gone (never a live process's)"
-    for f in Path(folder).glob(f'.{name}.*.tmp'):
-        m = re.fullmatch(r'\..+\.(\d+)\.tmp', f.name)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))): f.unlink(missing_ok=True)
 
 # %% ../nbs/02_data.ipynb #51aa711c
 def _img_sums(fn):

@@ -9,41 +9,14 @@ from contextlib import contextmanager
 from copy import deepcopy
 import torch, torch.distributed as dist
 from torch import nn
+from .core import *
 from fastai.basics import *
 from fastai.distributed import DistributedDL, DistributedTrainer, teardown_distrib
 from fastai.learner import _ConstantFunc
 
 # %% auto #0
-__all__ = ['world_size', 'is_distributed', 'is_rank0', 'local_rank', 'rank0_only', 'rank0_print', 'init_distrib',
-           'broadcast_object', 'on_rank0', 'rank0_first', 'local_bs', 'DistribDL', 'DistribMetric',
+__all__ = ['init_distrib', 'broadcast_object', 'on_rank0', 'rank0_first', 'local_bs', 'DistribDL', 'DistribMetric',
            'revert_sync_batchnorm', 'DistribTrainer', 'distrib_training', 'no_gather', 'get_preds_all']
-
-# %% ../nbs/06_distrib.ipynb #cf5f7f22
-def world_size() -> int:
-    "The number of training processes (1 without a launcher)"
-    return max(num_distrib(), 1)
-
-def is_distributed() -> bool:
-    "Whether this process is one of several training processes"
-    return num_distrib() > 1
-
-def is_rank0() -> bool:
-    "Whether this process is rank 0, the one that writes files and prints (True without a launcher)"
-    return rank_distrib() == 0
-
-def local_rank() -> int:
-    "The rank of this process on its machine (its GPU index)"
-    return int(os.environ.get('LOCAL_RANK', 0))
-
-def rank0_only(f):
-    "Decorate `f` so that it runs on rank 0 only and returns `None` on the other ranks (for writing files)"
-    @functools.wraps(f)
-    def _inner(*args, **kwargs): return f(*args, **kwargs) if is_rank0() else None
-    return _inner
-
-def rank0_print(*args, **kwargs):
-    "`print` on rank 0 only, flushed (the progress messages of a run, once and at once)"
-    if is_rank0(): print(*args, flush=True, **kwargs)
 
 # %% ../nbs/06_distrib.ipynb #dd307d2d
 def _want_cuda(device=None) -> bool:

@@ -4,6 +4,7 @@
 
 # %% ../nbs/14_infer.ipynb #c1a0e004
 from __future__ import annotations
+from .core import *
 import json, hashlib, zipfile
 from pathlib import Path
 from fastai.vision.all import *
@@ -11,10 +12,12 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file
 import tiny_fastai
 from .data import open_image, class_names, LayoutError
-from .loaders import ItemResize, BatchResize
+from .files import atomic_file
+from .loaders import ItemResize, BatchResize, dls_size
 from .models import get_arch
-from .learner import Checkpoint, NaNGuard, EMA, atomic_file, dls_size, top1, top5
-from .distrib import rank0_only
+from .checkpoint import RunRecorder, Checkpoint
+from .callbacks import NaNGuard, EMA
+from .learner import top1, top5
 
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'ModelFileError', 'ImageFileError', 'export_learner', 'load_model_file', 'model_vocab', 'check_vocab',
@@ -29,7 +32,7 @@ class ImageFileError(ValueError):
     "A file given to `predict` that is missing, empty or not an image"
 
 # %% ../nbs/14_infer.ipynb #3990c576
-_TRAIN_ONLY = (Checkpoint, NaNGuard, MixHandler, EMA)
+_TRAIN_ONLY = (RunRecorder, Checkpoint, NaNGuard, MixHandler, EMA)
 
 @rank0_only
 def export_learner(learn, fname):

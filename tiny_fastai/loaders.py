@@ -4,6 +4,7 @@
 
 # %% ../nbs/05_loaders.ipynb #902fb6b7
 from __future__ import annotations
+from .core import *
 import os, time, hashlib, warnings, weakref, multiprocessing, zlib
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -19,12 +20,12 @@ import tiny_fastai
 try: import fcntl
 except ImportError: fcntl = None   # no lock on Windows
 from .augment import default_augmenter, ImgAugTransform
-from .data import TINY_STATS, Layout, scan, open_image, check_space, is_disk_full, disk_full_message, tmp_path, clean_tmp
+from .files import check_space, is_disk_full, disk_full_message, tmp_path, clean_tmp, figures_to_files
+from .data import TINY_STATS, Layout, scan, open_image
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'CACHE_BLOCK', 'CACHE_CHECK_BYTES', 'FIGURE_DIR', 'NON_INTERACTIVE_BACKENDS', 'ItemResize',
-           'BatchResize', 'tiny_datablock', 'default_cache_dir', 'ArrayCache', 'build_cache', 'FastDL', 'save_figures',
-           'figures_to_files', 'tiny_dls', 'resize_dls']
+__all__ = ['CACHE_VERSION', 'CACHE_BLOCK', 'CACHE_CHECK_BYTES', 'ItemResize', 'BatchResize', 'tiny_datablock',
+           'default_cache_dir', 'ArrayCache', 'build_cache', 'FastDL', 'tiny_dls', 'resize_dls', 'dls_size']
 
 # %% ../nbs/05_loaders.ipynb #5d1e3f24
 class ItemResize(Resize):
@@ -336,48 +337,15 @@ def __iter__(self:FastDL):
     self.after_iter()
     if hasattr(self, 'it'): del(self.it)
 
-# %% ../nbs/05_loaders.ipynb #eae4fc03
-FIGURE_DIR = Path('runs')/'interactive'
-NON_INTERACTIVE_BACKENDS = ('agg', 'cairo', 'pdf', 'pgf', 'ps', 'svg', 'template')
-_figs = dict(folder=FIGURE_DIR, hook=None)
-
-def save_figures(folder=None) -> list:
-    "Save every open matplotlib figure to `folder` (default: the last one `figures_to_files` got) as figure_<n>.png, close it, print the path"
-    import matplotlib, matplotlib.pyplot as plt
-    folder,res = Path(ifnone(folder, _figs['folder'])),[]
-    for n in plt.get_fignums():
-        folder.mkdir(parents=True, exist_ok=True)
-        i = 1 + max([int(p.stem[7:]) for p in folder.glob('figure_*.png') if p.stem[7:].isdigit()], default=0)
-        fig,f = plt.figure(n),folder/f'figure_{i}.png'
-        fig.savefig(f, dpi=80, bbox_inches='tight'); plt.close(fig)
-        print(f"saved the figure to {f} (matplotlib's {matplotlib.get_backend()} backend cannot show it)")
-        res.append(f)
-    return res
-
-def figures_to_files(folder=None) -> bool:
-    "In an interactive terminal session whose matplotlib backend cannot show pictures, save the figures of each statement to `folder`"
-    import matplotlib
-    if folder is not None: _figs['folder'] = Path(folder)
-    if IN_NOTEBOOK or not hasattr(sys, 'ps1') or matplotlib.get_backend().lower() not in NON_INTERACTIVE_BACKENDS: return False
-    if sys.displayhook is not _figs['hook']:
-        prev = sys.displayhook
-        def hook(value):
-            prev(value)
-            save_figures()
-        _figs['hook'] = sys.displayhook = hook
-    return True
-
 # %% ../nbs/05_loaders.ipynb #1f4c0982
-def _on_cuda(device): return torch.device(ifnone(device, default_device())).type == 'cuda'
-
 @delegates(FastDL.__init__, but='dataset,do_setup,indexed,n,batch_size,shuffle,pin_memory_device,wif,before_iter,after_item,'
                                 'after_batch,after_iter,create_batches,create_item,create_batch,retain,get_idxs,sample,shuffle_fn,do_batch')
 def tiny_dls(path,                  # Tiny ImageNet folder (official layout), e.g. `get_tiny_imagenet()` or `sample_path()`
              size=64,               # size of the batches (set by `BatchResize`; change it later with `resize_dls`)
              bs:int=128,            # batch size
              aug='default',         # 'default', None, a strength for `default_augmenter`, or an imgaug augmenter
-             num_workers:int=None,  # loader processes (None: fastai's default, the number of CPUs up to 16)
-             seed:int=None,         # seed for shuffling and augmentation
+             num_workers:int=None,  # loader processes (None: on a GPU fastai's default, the CPUs up to 16; on the CPU `cpu_setup`'s)
+             seed:int=None,         # seed of the loaders' shuffling (the process's RNGs are `seed_everything`'s)
              device=None,           # device of the batches (None: fastai's default)
              item_size:int=64,      # size every item is resized to before batching (and the size of the cached images)
              check_images:bool=False, # decode every image first and refuse if any fails
@@ -399,11 +367,13 @@ def tiny_dls(path,                  # Tiny ImageNet folder (official layout), e.
     if cache:
         cache_dir = Path(ifnone(cache_dir, default_cache_dir(layout.path)))
         caches = _layout_caches(layout, cache_dir, item_size, decode_workers, verbose)
-        kwargs = {'dl_type': FastDL, 'pin_memory': _on_cuda(device), 'dl_kwargs': [{}, dict(num_workers=0)], **kwargs}   # val: only indexed
-    if seed is not None: set_seed(seed)
+        kwargs = {'dl_type': FastDL, 'pin_memory': on_cuda(device), 'dl_kwargs': [{}, dict(num_workers=0)], **kwargs}   # val: only indexed
+    if not on_cuda(device): num_workers = cpu_setup(num_workers)   # the CLI's and Python's CPU runs alike
     dblock,items,batch_aug = tiny_datablock(layout, size, aug, item_size)
     before_batch = batch_aug + list(L(kwargs.pop('before_batch', None)))
     dls = dblock.dataloaders(items, path=layout.path, bs=bs, num_workers=num_workers, device=device, before_batch=before_batch, **kwargs)
+    if seed is not None:
+        for i,dl in enumerate(dls.loaders): dl.rng = random.Random(seed + i)
     dls.bad_files = layout.bad
     if cache:
         for dl,c in zip(dls.loaders, caches): dl.dataset.cache = c
@@ -422,3 +392,9 @@ def resize_dls(dls:DataLoaders, size) -> DataLoaders:
     for k in ('bad_files', 'cache_dir'):
         if hasattr(dls, k): setattr(res, k, getattr(dls, k))
     return res
+
+def dls_size(dls):
+    "The output size of `dls` as set by its `BatchResize` (an int for square sizes; None without one)"
+    for t in getattr(dls.train.after_batch, 'fs', []):
+        if isinstance(t, BatchResize): return t.size[0] if t.size[0]==t.size[1] else tuple(t.size)
+    return None

@@ -9,6 +9,7 @@ __all__ = ['ARCHS', 'PadChannels', 'SepConv', 'ResBlock', 'SepBlock', 'DenseBloc
            'stage_rf', 'model_stats', 'model_table', 'markdown_table', 'receptive_fields']
 
 # %% ../nbs/04_models.ipynb #7e27ab79
+from .core import *
 from fastai.torch_basics import *
 from fastai.layers import *
 from fastai.vision.models.xresnet import init_cnn
