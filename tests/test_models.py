@@ -4,9 +4,10 @@ from fastai.layers import ConvLayer, AdaptiveAvgPool, Flatten
 from fastai.vision.models.xresnet import xresnet18
 from tiny_fastai.models import *
 
-PRESETS = ['tiny', 'small', 'medium', 'large', 'dense', 'dense_wide']
+PRESETS = ['tiny', 'small', 'medium', 'large', 'dense', 'dense_wide', 'sep_fused', 'sep_fused_s']
 # exact parameter counts at n_out=200: a change here is a change of architecture, so update the README table too
-PARAMS = dict(tiny=248_024, small=1_583_784, medium=10_574_312, large=24_897_896, dense=11_115_240, dense_wide=24_911_400)
+PARAMS = dict(tiny=248_024, small=1_583_784, medium=10_574_312, large=24_897_896, dense=11_115_240, dense_wide=24_911_400,
+              sep_fused=8_308_328, sep_fused_s=6_385_896)
 
 @pytest.fixture(scope='module', autouse=True)
 def one_thread():
@@ -186,12 +187,13 @@ def test_params_rule():
 # ---------------------------------------------------------------- presets: arch lookup, sizes, shapes, RF, backward
 def test_get_arch():
     assert list(ARCHS) == PRESETS and get_arch('large') is sep_xresnet_large
-    with pytest.raises(ValueError, match="unknown arch 'xl'; known archs: tiny, small, medium, large, dense, dense_wide"): get_arch('xl')
+    with pytest.raises(ValueError, match="unknown arch 'xl'; known archs: tiny, small, medium, large, dense, dense_wide, sep_fused, sep_fused_s"): get_arch('xl')
 
 def test_param_counts(presets):
     n = {a: sum(p.numel() for p in m.parameters()) for a,m in presets.items()}
     assert n == PARAMS
     assert n['tiny'] < n['small'] < n['medium'] < n['large'] < 26_000_000 and n['dense'] < n['dense_wide'] < 26_000_000
+    assert n['sep_fused_s'] < n['sep_fused'] < n['dense']
 
 def test_dense_block():
     "DenseBlock: channels grow in the 3x3, the shortcut pools and pads (no 1x1 at all), the last BN starts at zero"
@@ -202,6 +204,42 @@ def test_dense_block():
     assert float(b.convpath[1][1].weight.detach().abs().sum()) == 0
     with pytest.raises(ValueError, match='depthwise multiplier'): DenseBlock(16, 32, mult=2)
     assert xresnet_dense()[0][0].stride == (1, 1)    # the first stage sees the whole 64x64 image
+
+def test_fused_sep_block():
+    "FusedSepBlock: a dense 3x3 where the block changes width or stride, separable otherwise; the last BN starts at zero"
+    b = FusedSepBlock(16, 48, stride=2, shortcut='pad')
+    assert b(torch.randn(2, 16, 8, 8)).shape == (2, 48, 4, 4)
+    first,second = b.convpath
+    assert isinstance(first, ConvLayer) and first[0].groups == 1 and first[0].kernel_size == (3, 3) and first[0].stride == (2, 2)
+    assert isinstance(second, SepConv) and float(second[1][1].weight.detach().abs().sum()) == 0
+    assert [type(o).__name__ for o in b.idpath] == ['AvgPool2d', 'PadChannels']
+    assert [type(o).__name__ for o in FusedSepBlock(48, 48).convpath] == ['SepConv', 'SepConv']   # same width: separable
+    assert isinstance(FusedSepBlock(16, 16, stride=2).convpath[0], ConvLayer)                     # a stride alone: dense
+    # SepBlock's structure is unchanged by the `entry` hook: same modules, same parameter count as before
+    assert sum(p.numel() for p in SepBlock(16, 48, stride=2).parameters()) == 6_384
+
+FUSED = dict(sep_fused=dict(layers=(2,2,5,3), widths=(64,128,384,768), macs=2_043_101_184),
+             sep_fused_s=dict(layers=(2,2,4,3), widths=(64,128,256,768), macs=1_722_597_376))
+
+@pytest.mark.parametrize('arch', list(FUSED))
+def test_fused_presets(presets, arch):
+    "Dense where the maps are 64 and 32 px, separable at 16 and 8 px; channels grow only in 3x3 convs; as designed"
+    m,d = presets[arch],FUSED[arch]
+    assert m.layers == d['layers'] and m.widths == d['widths'] and m.stem_szs == (32, 64) and m.stem_strides == (1, 1)
+    assert m.block == (DenseBlock, DenseBlock, FusedSepBlock, FusedSepBlock)
+    stats = model_stats(m)
+    assert stats == dict(params=PARAMS[arch], macs=d['macs'], final_size=8, rf=stats['rf']) and stats['rf'] >= 64
+    convs = [c for c in trace_model(m)[0].calls if c['fn']=='conv2d']   # every conv the forward calls, shortcuts too
+    mods = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+    assert len(mods) == len(convs)
+    dw = [c for c in mods if c.groups > 1]
+    assert dw and all(c.groups == c.in_channels == c.out_channels and c.kernel_size == (3, 3) for c in dw)   # plain depthwise
+    assert {c['size'] for c in convs if c['groups'] > 1} == {16, 8}                       # depthwise only at 16 and 8 px
+    assert all(c['kernel'] == (3, 3) and c['groups'] == 1 for c in convs if c['size'] >= 32)   # dense 3x3 on large maps
+    grow = [c for c in convs if c['c_out'] > c['c_in']]   # stem 3->32->64 and the three stage entries: all dense 3x3
+    assert len(grow) == 5 and all(c['kernel'] == (3, 3) and c['groups'] == 1 for c in grow)
+    assert not [c for c in mods if c.kernel_size == (1, 1) and c.out_channels > c.in_channels]
+    assert check_rules(m, name=arch)['params'] == PARAMS[arch]
 
 @pytest.mark.parametrize('size', [16, 32, 40, 64, 100])
 def test_shapes(presets, size):

@@ -30,7 +30,7 @@ METRICS = ('train_loss', 'valid_loss', 'top1', 'top5')
     (dict(seed=-1), 'the seed must be between 0 and 4294967295'),
     (dict(lrs=[-1e-3]), 'learning rate must be a positive number'),
     (dict(preset='huge'), "unknown preset 'huge'; known presets: demo, sprint, full"),
-    (dict(arch='resnet50'), "unknown arch 'resnet50'; known archs: tiny, small, medium, large, dense, dense_wide"),
+    (dict(arch='resnet50'), "unknown arch 'resnet50'; known archs: tiny, small, medium, large, dense, dense_wide, sep_fused, sep_fused_s"),
     (dict(epochs=[2, 2, 2]), 'got 3 epoch count(s) for the 2 stages'),
 ])
 def test_bad_settings_refused_before_data(tmp_path, kw, msg):
