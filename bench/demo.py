@@ -41,7 +41,7 @@ def stock(path, size, epochs, bs=64, lr=3e-3, seed=42, workers=None):
 
 def ours(out, seed=42, **kw):
     r = train_recipe('demo', out=out, seed=seed, restart=True, **kw)
-    return dict(top1=r['top1'], top1_tta=r.get('top1_tta'), train_s=r['train_s'])
+    return dict(top1=r.top1, top1_tta=r.top1_tta, train_s=r.train_s)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])

@@ -22,6 +22,6 @@ def main():
     for i,(name,kw) in enumerate(PLANS):
         l0,t = load(),time.time()
         r = train_recipe('demo', out=out/str(i), restart=True, **kw)
-        print(f"| {name} | {r['top1']:.3f} | {r['top1_tta']:.3f} | {r['train_s']:.0f} | {time.time()-t:.0f} | {l0} -> {load()} |", flush=True)
+        print(f"| {name} | {r.top1:.3f} | {r.top1_tta:.3f} | {r.train_s:.0f} | {time.time()-t:.0f} | {l0} -> {load()} |", flush=True)
 
 if __name__ == '__main__': main()

@@ -249,7 +249,7 @@ def main(argv=None):
         t = time.time(); src = Path(a.data)
         path = get_tiny_imagenet(src) if src.is_dir() else get_tiny_imagenet(src, dest=work/'data')
         ext_s,t = time.time()-t,time.time()
-        dls = tiny_dls(path, size=r['sizes'][0], bs=r['bs'], num_workers=workers, device=dev, seed=0, cache=True,
+        dls = tiny_dls(path, size=r.sizes[0], bs=r.bs, num_workers=workers, device=dev, seed=0, cache=True,
                        decode_workers=os.cpu_count(), cache_dir=work/'cache')
         rep('data', path=str(path), extract_s=round(ext_s, 1), cache_s=round(time.time()-t, 1), n_train=len(dls.train_ds),
             n_valid=len(dls.valid_ds), decode_workers=os.cpu_count(), workers=workers)
@@ -283,53 +283,53 @@ def main(argv=None):
             if gpu: torch.cuda.empty_cache()
         torch.backends.cudnn.deterministic,torch.backends.cudnn.benchmark = False,gpu
         lrows = []
-        for s in r['sizes']:   # the real loader alone, at the sprint's sizes
+        for s in r.sizes:   # the real loader alone, at the sprint's sizes
             i,first = loader_ips(dls, s, 6 if a.quick else 60, dev)
-            m = ips.get((r['arch'], s))
-            lrows.append(dict(size=s, bs=r['bs'], workers=workers, ips=round(i), first_batch_s=round(first, 2),
+            m = ips.get((r.arch, s))
+            lrows.append(dict(size=s, bs=r.bs, workers=workers, ips=round(i), first_batch_s=round(first, 2),
                               model_ips=round(m) if m else None, ratio=i/m if m else None))
             rep('speed', loader=lrows); say(f"loader: {lrows[-1]}")
         n_tr,n_va = len(dls.train_ds),len(dls.valid_ds)
         # -------------------------------------------------------------- 4a. the full recipe, end to end (measured before the sprint)
         fr = get_recipe('full')
         if a.full_epochs > 0:
-            fsz = fr['sizes'] if not a.quick else (16, 32)
+            fsz = fr.sizes if not a.quick else (16, 32)
             fkw = dict(arch='tiny', bs=16, lrs=[0.1]*len(fsz), sizes=list(fsz)) if a.quick else {}
             rep('full', plan=f"{a.full_epochs} epoch(s) at each of {', '.join(f'{s} px' for s in fsz)}; preset "
-                             f"{', '.join(f'{e} x {s} px' for s,e in zip(fr['sizes'], fr['epochs']))}")
+                             f"{', '.join(f'{e} x {s} px' for s,e in zip(fr.sizes, fr.epochs))}")
             clock,t = Clock(3 if a.quick else 10),time.time()
             try:
                 res = train_recipe('full', out=work/'full', data=path, epochs=[a.full_epochs]*len(fsz), num_workers=workers, restart=True, device=dev,
                                    cbs=[clock, Progress(rep, time.time() + a.full_s, 'full', clock)], dls_kwargs=dict(cache_dir=work/'cache'), **fkw)
-                rep('full', top1=res['top1'], top1_tta=res.get('top1_tta'), wall_s=res.get('wall_s'), compiled=gpu)
+                rep('full', top1=res.top1, top1_tta=res.top1_tta, wall_s=res.wall_s, compiled=gpu)
             except Exception as e:
                 rep('full', error=f"{type(e).__name__}: {e}"[:2000]); say(f"full: failed: {e!r}")
             rep('full', clock=clock.rows, total_s=round(time.time() - t, 1)); say(f"full: {clock.rows}")
             if gpu: torch.cuda.empty_cache()
         # -------------------------------------------------------------- 3. sprint
         def cost(s):   # seconds per epoch: the slower of model and loader, validation at 3x, 1.5 s for workers and the checkpoint
-            m = min(ips.get((r['arch'], s), 1e9), *[x['ips'] for x in lrows if x['size'] == s] or [1e9])
+            m = min(ips.get((r.arch, s), 1e9), *[x['ips'] for x in lrows if x['size'] == s] or [1e9])
             return 1.3*(n_tr/m + n_va/(3*m)) + 1.5   # 1.3: the Learner loop is slower than the bare step
         budget = T0 + a.budget_s - a.eval_s - time.time()
-        epochs = scale_epochs(r['epochs'], [cost(s) for s in r['sizes']], budget)
-        scaled = list(epochs) != list(r['epochs'])
-        plan_s = (f"{', '.join(f'{e} x {s} px' for s,e in zip(r['sizes'], epochs))} ({'scaled down from the preset to fit' if scaled else 'the preset as it is'}; "
-                  f"{budget:.0f} s left for training, estimated {sum(e*cost(s) for s,e in zip(r['sizes'], epochs)):.0f} s)")
-        rep('sprint', plan=plan_s, preset_epochs=list(r['epochs']), epochs_run=epochs, scaled=scaled); say(f"sprint: {plan_s}")
+        epochs = scale_epochs(r.epochs, [cost(s) for s in r.sizes], budget)
+        scaled = list(epochs) != list(r.epochs)
+        plan_s = (f"{', '.join(f'{e} x {s} px' for s,e in zip(r.sizes, epochs))} ({'scaled down from the preset to fit' if scaled else 'the preset as it is'}; "
+                  f"{budget:.0f} s left for training, estimated {sum(e*cost(s) for s,e in zip(r.sizes, epochs)):.0f} s)")
+        rep('sprint', plan=plan_s, preset_epochs=list(r.epochs), epochs_run=epochs, scaled=scaled); say(f"sprint: {plan_s}")
         t,sclock = time.time(),Clock(3 if a.quick else 10)
-        kw = dict(arch='tiny', bs=r['bs'], lrs=list(r['lrs']), sizes=list(r['sizes'])) if a.quick else {}
+        kw = dict(arch='tiny', bs=r.bs, lrs=list(r.lrs), sizes=list(r.sizes)) if a.quick else {}
         res = train_recipe('sprint', out=work/'sprint', data=path, epochs=epochs, num_workers=workers, restart=True, device=dev,
                            cbs=[sclock, Progress(rep, T0 + a.budget_s - a.eval_s, 'sprint', sclock)], dls_kwargs=dict(cache_dir=work/'cache'), **kw)
         keep = ('top1', 'top5', 'top1_tta', 'top5_tta', 'tta', 'epochs', 'train_s', 'wall_s', 'history', 'params', 'arch', 'bs', 'stages')
-        rep('sprint', **{k: res.get(k) for k in keep})
+        rep('sprint', **{k: getattr(res, k) for k in keep})
         for f in ('results.json', 'history.csv'):
             if (work/'sprint'/f).exists(): shutil.copy(work/'sprint'/f, Path(a.out)/f'sprint_{f}')
-        say(f"sprint: top-1 {res['top1']:.4f}, with TTA {res.get('top1_tta')}, {time.time()-t:.0f} s")
+        say(f"sprint: top-1 {res.top1:.4f}, with TTA {res.top1_tta}, {time.time()-t:.0f} s")
         # -------------------------------------------------------------- 4. projection
         def hours(arch, stages):
             if any((arch, s) not in ips for s,_ in stages): return None
             return sum(n*(n_tr/ips[(arch, s)] + n_va/(3*ips[(arch, s)]) + 1.5) for s,n in stages)/3600
-        cands = [('full (as coded)', fr['arch'], list(zip(fr['sizes'], fr['epochs'])))]
+        cands = [('full (as coded)', fr.arch, list(zip(fr.sizes, fr.epochs)))]
         if not a.quick: cands += [('large, 64 px mostly', 'large', [(32, 60), (64, 340)]),
                                   ('large, 96 px last', 'large', [(32, 50), (64, 150), (96, 200)]),
                                   ('dense_wide, 64 px', 'dense_wide', [(32, 60), (64, 340)]),
@@ -339,9 +339,9 @@ def main(argv=None):
             h = hours(arch, stages)
             prow.append(dict(recipe=name, stages=f"{arch}: " + ', '.join(f'{n} x {s} px' for s,n in stages),
                              epochs=sum(n for _,n in stages), hours=_f(h, '.2f'), note='' if h is not None else 'a size was not measured'))
-        m = measured_hours(rep.d['steps'].get('full', {}).get('clock', []), list(zip(fr['sizes'], fr['epochs'])), n_tr)
-        if m: prow.insert(0, dict(recipe='full, from its measured epochs', stages=f"{fr['arch']}: " + ', '.join(f'{n} x {s} px' for s,n in zip(fr['sizes'], fr['epochs'])),
-                                  epochs=sum(fr['epochs']), hours=_f(m[0], '.2f'), note=m[1]))
+        m = measured_hours(rep.d['steps'].get('full', {}).get('clock', []), list(zip(fr.sizes, fr.epochs)), n_tr)
+        if m: prow.insert(0, dict(recipe='full, from its measured epochs', stages=f"{fr.arch}: " + ', '.join(f'{n} x {s} px' for s,n in zip(fr.sizes, fr.epochs)),
+                                  epochs=sum(fr.epochs), hours=_f(m[0], '.2f'), note=m[1]))
         rep('projection', rows=prow)
         # -------------------------------------------------------------- 5. compile
         left = T0 + a.budget_s - time.time()
@@ -349,10 +349,10 @@ def main(argv=None):
             crow = []
             for comp in (False, True):
                 t = time.time()
-                i,_,first = model_ips(r['arch'], 64, r['bs'], dev, steps, warmup, opt=r['opt'], compile=comp, n_out=nc)
-                crow.append(dict(arch=r['arch'], size=64, bs=r['bs'], variant='compiled' if comp else 'eager', ips=round(i), compile_s=round(first, 1)))
+                i,_,first = model_ips(r.arch, 64, r.bs, dev, steps, warmup, opt=r.opt, compile=comp, n_out=nc)
+                crow.append(dict(arch=r.arch, size=64, bs=r.bs, variant='compiled' if comp else 'eager', ips=round(i), compile_s=round(first, 1)))
                 rep('compile', rows=crow); say(f"compile: {crow[-1]}")
-        else: rep('compile', rows=[dict(arch=r['arch'], variant=f'skipped: {left:.0f} s left' if gpu else 'skipped: no GPU')])
+        else: rep('compile', rows=[dict(arch=r.arch, variant=f'skipped: {left:.0f} s left' if gpu else 'skipped: no GPU')])
         rep.d['status'] = 'done'
     except BaseException:
         rep.d['status'] = 'failed'; rep.d['error'] = traceback.format_exc()[-4000:]

@@ -9,10 +9,11 @@ from fastai.vision.all import *
 import sys, time, math, random
 from torch.distributions.beta import Beta
 from .loaders import dls_size
+from .checkpoint import probing
 
 # %% auto #0
 __all__ = ['MIX_CALLBACKS', 'NanLossError', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress', 'interactive_output',
-           'PlainProgress', 'MixCut', 'EMA', 'apply_ema', 'mix_callback', 'HFlip']
+           'PlainProgress', 'MixCut', 'EMA', 'apply_ema', 'mix_callback', 'HFlip', 'PlainTensors', 'ValidEvery']
 
 # %% ../nbs/09_callbacks.ipynb #bdd356d2
 class NanLossError(RuntimeError):
@@ -24,7 +25,7 @@ class NaNGuard(Callback):
     order,run_valid = 100,False
     def __init__(self, every:int=50): store_attr()
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder')
+        self.run = not probing(self.learn)
         self.bad = None
     def before_train(self): self.first,self.val = None,None
 
@@ -84,7 +85,7 @@ class PlainProgress(Callback):
     "One plain line per epoch and a header line per `progressive_fit` stage, instead of progress bars (for logs and CI)"
     order,name = 60,'progress'   # `Learner.no_bar` removes it like fastai's bars
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds') and self.learn.logger is not noop
+        self.run = not probing(self.learn) and not hasattr(self, 'gather_preds') and self.learn.logger is not noop
         if not self.run: return
         self.old_logger,self.learn.logger = self.learn.logger,self._log
         p = self.learn.run_progress
@@ -146,7 +147,7 @@ class EMA(Callback):
         return [p.data for p in m.parameters()] + [b for b in m.buffers() if b.is_floating_point()]
 
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder')
+        self.run = not probing(self.learn)
         self.live = self._live()   # once per fit, not in every step
         if self.avg is None: self.avg = [t.detach().clone() for t in self.live]
         else: self.avg = [a.to(t.device) for a,t in zip(self.avg, self.live)]
@@ -188,3 +189,20 @@ class HFlip(Callback):
     "Mirror every input batch left-right (for flip test-time augmentation)"
     order = 90
     def before_batch(self): self.learn.xb = tuple(x.flip(-1) for x in self.xb)
+
+# %% ../nbs/09_callbacks.ipynb #d100a306
+class PlainTensors(Callback):
+    "Give the model plain `torch.Tensor` batches instead of fastai's tensor subclasses (no `__torch_function__` per op)"
+    order = 1
+    def before_batch(self):
+        self.learn.xb = tuple(x.as_subclass(Tensor) if isinstance(x, Tensor) and type(x) is not Tensor else x for x in self.xb)
+
+class ValidEvery(Callback):
+    "In the epochs of a fit, validate only at the end of every `every`-th epoch and of the fit (None: every epoch)"
+    order = 95
+    def __init__(self, every:int=None): self.every = every
+    def before_epoch(self): self.trained = False
+    def after_train(self): self.trained = not probing(self.learn)   # `validate()` and `get_preds` train nothing: they always validate
+    def before_validate(self):
+        if self.every is None or not getattr(self, 'trained', False): return
+        if not ((self.epoch+1) % self.every == 0 or self.epoch+1 >= self.n_epoch): raise CancelValidException()

@@ -16,7 +16,7 @@ from .loaders import dls_size
 from .plan import Stage
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'CheckpointError', 'rng_state', 'plain', 'set_rng_state', 'reseed_augmenters', 'RunProgress',
+__all__ = ['CKPT_FORMAT', 'CheckpointError', 'rng_state', 'plain', 'set_rng_state', 'reseed_augmenters', 'RunProgress', 'probing',
            'RunRecorder', 'Checkpoint', 'history_csv', 'read_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/08_checkpoint.ipynb #4ed96467
@@ -68,6 +68,7 @@ class RunProgress:
     history: list = field(default_factory=list)  # one row per completed training epoch, all stages and runs
     runs: int = 1                                # which invocation trains now: 1, then 2 after the first resume, ...
     active: bool = False                         # `progressive_fit` is running the plan (not saved)
+    budget: dict = None                          # what `fit_budget` measured and chose, when the plan was fitted to a time budget
 
     @property
     def total_epochs(self) -> int: return sum(s.epochs for s in self.stages)
@@ -109,6 +110,10 @@ def load_state_dict(self:RunProgress, sd:dict):
     return self
 
 # %% ../nbs/08_checkpoint.ipynb #4d4cce02
+def probing(learn) -> bool:
+    "Whether `learn` is in a trial fit (`lr_find`, or `time_steps` timing batches) whose epochs are not the run's"
+    return hasattr(learn, 'lr_finder') or hasattr(learn, 'step_timer')
+
 def _num(o):
     try: return float(o)
     except (TypeError, ValueError): return o
@@ -116,7 +121,7 @@ def _num(o):
 class RunRecorder(Callback):
     "Add a history row to `learn.run_progress` after each completed training epoch"
     order = 64   # after Recorder (50) and the progress bar (60), before Checkpoint (65)
-    def before_fit(self): self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds')
+    def before_fit(self): self.run = not probing(self.learn) and not hasattr(self, 'gather_preds')
     def before_epoch(self): self.trained,self.t0 = False,time.time()
     def before_train(self): reseed_augmenters(self.dl)
     def after_train(self): self.trained = True
@@ -151,7 +156,7 @@ class Checkpoint(Callback):
     def file(self): return self.learn.path/self.learn.model_dir/f'{self.fname}.pth'
 
     def before_fit(self):
-        self.run = not hasattr(self.learn, 'lr_finder') and not hasattr(self, 'gather_preds')
+        self.run = not probing(self.learn) and not hasattr(self, 'gather_preds')
         if self.run and self.smooth is not None and self._resuming():
             sl = self.learn.recorder.smooth_loss   # resuming inside a stage: continue the smoothed train loss too
             sl.count,sl.val = self.smooth

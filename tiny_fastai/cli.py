@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_cli.ipynb #8d6970e1
 from __future__ import annotations
-import argparse, json, os, sys, warnings
+import argparse, json, os, sys, time, warnings
 from pathlib import Path
 
 # %% auto #0
@@ -54,6 +54,8 @@ def get_parser() -> argparse.ArgumentParser:
     t.add_argument('--no-tta', action='store_true', help="skip the test-time-augmentation evaluation")
     t.add_argument('--tta', choices=['flip', 'aug'], help="test-time augmentation: flip (mirror images) or aug (fastai's tta with the training augmentation); default: the preset's")
     t.add_argument('--sched', choices=['one', 'stages'], help="one: one cycle across all stages (one peak learning rate); stages: a cycle per stage (a rate each); default: the preset's")
+    t.add_argument('--budget', help="the whole command ends within this time (e.g. 60s, 9m, 1h): the preset's epochs are scaled to fit, from timing the loop; the schedule anneals to its end")
+    t.add_argument('--valid-every', help="validate every N epochs (and at each stage's end); default: every epoch, or with --budget only at each stage's end")
     t.add_argument('--deterministic', action='store_true', help="bit-for-bit reproducible on a GPU (cuDNN deterministic, no autotuner; slower)")
     c = t.add_mutually_exclusive_group()
     c.add_argument('--compile', dest='compile', action='store_true', default=None, help="torch.compile the model (GPU; default: the preset's)")
@@ -74,6 +76,8 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/17_cli.ipynb #ee3130bf
+_STARTED = time.time()   # when the command started (this module is imported first): a --budget counts from here
+
 def _int(s, name, lo=None):
     if s is None: return None
     try: v = int(s)
@@ -91,11 +95,11 @@ def _train(a):
                        seed=_int(a.seed, 'seed'), restart=a.restart, num_workers=_int(a.workers, 'workers', 0),
                        skip_bad=a.skip_bad, device=torch.device('cpu') if a.cpu else None,
                        tta=False if a.no_tta else (a.tta or True), deterministic=a.deterministic, compile=a.compile,
-                       sched=a.sched, cli=True)
+                       sched=a.sched, budget=a.budget, valid_every=_int(a.valid_every, 'valid-every', 1), started=_STARTED, cli=True)
     if is_rank0():
         out = Path(a.out if a.out else Path('runs')/a.preset)
         print('\n' + results_table(res))
-        print(f"\nwrote {', '.join(res.get('files', []))} to {out}")
+        print(f"\nwrote {', '.join(res.files or [])} to {out}")
     return 0
 
 def _evaluate(a):

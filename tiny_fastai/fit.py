@@ -6,18 +6,19 @@
 from __future__ import annotations
 from .core import *
 from fastai.vision.all import *
-import math, warnings
+import math, time, warnings
+from copy import deepcopy
 from contextlib import contextmanager
 from .files import RunDir, save_figure, clean_tmp
 from .loaders import resize_dls, dls_size
 from .distrib import on_rank0, broadcast_object
-from .plan import PlanError, check_plan, check_sched, check_lrs
-from .checkpoint import RunProgress, CheckpointError, read_checkpoint, load_checkpoint, set_rng_state
-from .callbacks import NanLossError
+from .plan import PlanError, MAX_EPOCHS, Stage, check_plan, check_sched, check_lrs
+from .checkpoint import RunProgress, CheckpointError, read_checkpoint, load_checkpoint, rng_state, set_rng_state
+from .callbacks import NanLossError, ValidEvery
 from .learner import is_oom
 
 # %% auto #0
-__all__ = ['find_lr', 'cycle_slice', 'progressive_fit']
+__all__ = ['find_lr', 'cycle_slice', 'progressive_fit', 'StepTimer', 'time_steps', 'budget_stages', 'fit_budget']
 
 # %% ../nbs/11_fit.ipynb #91ff005d
 def find_lr(learn, fname=None, num_it:int=100, **kwargs) -> float:
@@ -56,8 +57,10 @@ def _memory_hint(learn, size):
                         f"or the stage sizes (--sizes)") from e
 
 def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_kw:dict=None, sched:str='stages',
-                    pct_start:float=0.25, restart_hint:str='resume=False', **kwargs):
+                    pct_start:float=0.25, restart_hint:str='resume=False', budget:float=None, after_s=0., valid_every:int=None, **kwargs):
     "Fit `learn` stage by stage: `stages` is a list of `(size, epochs, lr)`, `lr=None` runs `lr_find`; resumes from a checkpoint"
+    # `budget`: seconds for all of it from now; the epochs of `stages` then give only the proportions (see `fit_budget`).
+    # `valid_every`: validate every n epochs and at each stage's end (None: every epoch; with a budget: each stage's end)
     # `restart_hint`: how the caller starts over, named when the checkpoint belongs to another run (train_recipe: restart=True, the CLI: --restart)
     plan = check_plan(stages)
     check_sched(sched); check_lrs([s.lr for s in plan], sched)
@@ -65,6 +68,7 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
     if ck is None: raise PlanError("progressive_fit needs the Checkpoint callback (tiny_learner adds it unless checkpoint=None)")
     cfg = dict(arch=getattr(learn, 'arch', None), **(config or {}))
     if sched != 'stages': cfg['sched'] = sched
+    if budget is not None: cfg['budget'] = [[s.size, s.epochs] for s in plan]   # the proportions; the seconds are the caller's (config)
     old = learn.run_progress
     p = RunProgress(plan, cfg, lrs=[s.lr for s in plan], history=old.history, runs=old.runs)
     start,done,rng,ended = 0,0,None,False
@@ -75,6 +79,9 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
     if is_rank0(): clean_tmp(ck.file.parent, ck.file.name)   # what killed runs left of their checkpoint
     state = on_rank0(lambda: read_checkpoint(ck.file) if resume and ck.file.exists() else None)
     if state is not None:
+        if budget is not None and state['meta'].get('budget') == cfg['budget']:   # the plan this budget chose before
+            plan = check_plan([(s, n, lr) for (s,n),lr in zip(state['meta']['plan'], [s.lr for s in plan])])
+            p = RunProgress(plan, cfg, lrs=[s.lr for s in plan], history=old.history, runs=old.runs)
         bad = _mismatch(state['meta'], p.identity())
         if state.get('vocab') != list(learn.dls.vocab): bad.append(f"classes: the checkpoint has {len(state['vocab'])}, the data {len(learn.dls.vocab)}")
         if bad: raise CheckpointError(f"{ck.file} belongs to another run ({'; '.join(bad)}). Run with the same settings "
@@ -90,12 +97,23 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
         p.lrs = [old if i < start or lr is None else lr for i,(lr,old) in enumerate(zip(lrs, p.lrs))]
         rank0_print(f"resuming from {ck.file}: {p.epochs_done} of {p.total_epochs} epochs done"
               + (f", stage {start+1} of {len(plan)} at epoch {done}" if start < len(plan) else ", all stages done"))
+    elif budget is not None:
+        plan,p.budget = fit_budget(learn, plan, budget, after_s, valid_every)
+        p.stages = plan
+        rank0_print(f"budget {budget:.0f} s: {', '.join(f'{s.epochs} x {s.size} px' for s in plan)} "
+                    f"(trained in about {p.budget['train_s_planned']:.0f} s; {p.budget['timing_s']:.0f} s of timing, "
+                    f"{p.budget['after_s']:.0f} s kept for what follows)")
     learn.run_progress = p
+    if budget is not None and valid_every is None: valid_every = 10**9   # each stage's end only
+    ve = ValidEvery(valid_every) if valid_every else None
+    if ve is not None: learn.add_cb(ve)
     p.active = True
     try:
         for i in range(start, len(plan)): _fit_stage(learn, i, done if i == start else 0, rng if i == start else None, ended and i == start,
                                                      sched, pct_start, lr_find_kw, **kwargs)
-    finally: p.active = False
+    finally:
+        p.active = False
+        if ve is not None: learn.remove_cb(ve)
     if dls_size(learn.dls) != plan[-1].size: learn.dls = resize_dls(learn.dls, plan[-1].size)   # finished before: the last size
     return learn
 
@@ -123,3 +141,88 @@ def _fit_stage(learn, i:int, done:int, rng, ended:bool, sched:str, pct_start:flo
                 learn.fit(n, start_epoch=done, cbs=cb)
     except NanLossError as e:
         e.args = (getattr(e, 'msg', e.args[0]),); raise
+
+# %% ../nbs/11_fit.ipynb #a291f789
+class StepTimer(Callback):
+    "Time `n` training and `n_valid` validation batches after warm-up, then end the fit (a trial: see `time_steps`)"
+    order = 99
+    def __init__(self, n:int=5, n_valid:int=3, warmup:int=2): store_attr(); self.times = {}
+
+    def _mark(self, phase:str):
+        if self.dls.device is not None and torch.device(self.dls.device).type == 'cuda': torch.cuda.synchronize()
+        self.times.setdefault(phase, []).append(time.perf_counter())
+
+    def before_train(self): self._mark('train')
+    def before_validate(self): self._mark('valid')
+    def after_batch(self):
+        ph,n = ('train',self.n) if self.training else ('valid',self.n_valid)
+        self._mark(ph)
+        if len(self.times[ph]) > self.warmup + n:
+            if self.training: raise CancelTrainException()
+            raise CancelFitException()
+
+    def per_batch(self, phase:str) -> float:
+        "Seconds per batch of `phase` after the warm-up"
+        t = self.times.get(phase, [])
+        k = min(self.warmup, max(0, len(t)-2))
+        return (t[-1] - t[k])/max(1, len(t)-1-k) if len(t) > 1 else float('nan')
+
+# %% ../nbs/11_fit.ipynb #51a88e6a
+def time_steps(learn, size:int, n:int=4, n_valid:int=2, warmup:int=1) -> dict:
+    "Seconds per training and per validation batch of `learn` at `size` px, from a trial fit that leaves `learn` as it was"
+    dls = learn.dls
+    learn.dls = resize_dls(dls, size)
+    if learn.opt is None: learn.create_opt()
+    model_sd = {k: v.detach().clone() for k,v in get_model(learn.model).state_dict().items()}
+    opt_sd,rng = deepcopy(learn.opt.state_dict()),rng_state(learn.dls.train)
+    ema = learn.ema.state() if hasattr(learn, 'ema') else None
+    timer = StepTimer(n, n_valid, warmup)
+    t0 = time.perf_counter()
+    try:
+        bars = [c for c in learn.cbs if getattr(c, 'name', None) == 'progress']   # `no_bar` would put fastai's own bar back after
+        with learn.removed_cbs(bars), learn.no_logging(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            learn.fit(1, 1e-9, cbs=[timer])
+    finally:
+        get_model(learn.model).load_state_dict(model_sd)
+        learn.opt.load_state_dict(opt_sd); set_rng_state(rng, learn.dls.train)
+        if hasattr(learn, 'ema'): learn.ema.load_state(ema)
+        learn.dls = dls
+    return dict(size=size, batch_s=timer.per_batch('train'), valid_batch_s=timer.per_batch('valid'),
+                probe_s=time.perf_counter()-t0)
+
+# %% ../nbs/11_fit.ipynb #096eaf91
+def budget_stages(stages, epoch_s, valid_s, budget_s:float, max_epochs:int=MAX_EPOCHS) -> list:
+    "`stages` with epochs scaled in proportion to the most whose seconds (`epoch_s` per epoch, `valid_s` per stage) fit `budget_s`"
+    stages = check_plan(stages)
+    fixed = sum(valid_s)
+    def plan(k): return [max(1, round(k*s.epochs)) for s in stages]
+    def cost(k): return sum(n*t for n,t in zip(plan(k), epoch_s)) + fixed
+    if cost(0) > budget_s:
+        raise PlanError(f"a budget of {budget_s:.0f} s cannot fit one epoch per stage ({cost(0):.0f} s): give a larger --budget "
+                        f"or fewer stages (--sizes)")
+    lo,hi = 0.,1.
+    while cost(hi) <= budget_s and sum(plan(hi)) < max_epochs: lo,hi = hi,2*hi
+    for _ in range(50):
+        mid = (lo+hi)/2
+        lo,hi = (mid,hi) if cost(mid) <= budget_s and sum(plan(mid)) <= max_epochs else (lo,mid)
+    return [Stage(s.size, n, s.lr) for s,n in zip(stages, plan(lo))]
+
+# %% ../nbs/11_fit.ipynb #dc32cfaa
+def fit_budget(learn, stages, budget_s:float, after_s=0., valid_every:int=None) -> tuple:
+    "The stages scaled to fit `budget_s` seconds from now (less `after_s`), and the timings they rest on"
+    t0,stages = time.monotonic(),check_plan(stages)
+    sizes = list(dict.fromkeys(s.size for s in stages))
+    timed = {s: time_steps(learn, s) for s in sizes}
+    n_train,n_valid = len(learn.dls.train),len(learn.dls.valid)
+    epoch_s = [n_train*timed[s.size]['batch_s'] for s in stages]
+    valid_s = [n_valid*timed[s.size]['valid_batch_s'] for s in stages]   # at each stage's end (ValidEvery)
+    if valid_every: epoch_s = [e + v/valid_every for e,v in zip(epoch_s, valid_s)]
+    after = after_s(timed) if callable(after_s) else after_s
+    left = budget_s - (time.monotonic() - t0) - after
+    plan = budget_stages(stages, epoch_s, valid_s, left)
+    est = sum(s.epochs*e + v for s,e,v in zip(plan, epoch_s, valid_s))
+    info = dict(budget_s=round(budget_s, 1), timing_s=round(time.monotonic()-t0, 1), after_s=round(after, 1),
+                train_s_left=round(left, 1), train_s_planned=round(est, 1), epochs=[s.epochs for s in plan],
+                timed=[dict(size=s, batch_s=round(t['batch_s'], 5), valid_batch_s=round(t['valid_batch_s'], 5)) for s,t in timed.items()])
+    return plan,info

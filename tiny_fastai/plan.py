@@ -6,15 +6,15 @@
 from __future__ import annotations
 from .core import *
 from fastai.vision.all import *
-import math
+import re, math
 from dataclasses import dataclass, fields, replace
 from .data import URL_TINY
 from .models import get_arch
 
 # %% auto #0
 __all__ = ['MAX_EPOCHS', 'MAX_SIZE', 'OPTS', 'MIXES', 'SCHEDS', 'TTAS', 'RECIPES', 'Stage', 'check_stage', 'check_plan',
-           'check_bs', 'check_seed', 'check_opt', 'check_mix', 'check_sched', 'check_lrs', 'check_tta', 'Recipe',
-           'get_recipe', 'resolve_plan']
+           'check_bs', 'check_seed', 'check_opt', 'check_mix', 'check_sched', 'check_lrs', 'check_tta', 'check_budget',
+           'Recipe', 'get_recipe', 'resolve_plan']
 
 # %% ../nbs/07_plan.ipynb #6f3a24d2
 @dataclass(frozen=True)
@@ -106,6 +106,20 @@ def check_tta(tta):
     tta = 'aug' if tta is True else tta
     if tta not in TTAS: raise PlanError(f"unknown tta {tta!r}; use one of: none, {', '.join(TTAS)}")
     return tta
+
+_UNITS = {'s': 1, 'sec': 1, 'm': 60, 'min': 60, 'h': 3600}
+
+def check_budget(budget) -> float:
+    "A time budget in seconds, from a number of seconds or a text such as '90s', '9m', '1.5h' (None: no budget)"
+    if budget is None: return None
+    if isinstance(budget, str):
+        m = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*', budget.lower())
+        if not m or m.group(2) not in ('', *_UNITS):
+            raise PlanError(f"--budget: {budget!r} is not a duration (e.g. 90s, 9m, 1.5h, or seconds)")
+        budget = float(m.group(1)) * _UNITS.get(m.group(2), 1)
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not math.isfinite(budget) or budget <= 0:
+        raise PlanError(f"the budget must be a positive duration (e.g. 90s, 9m, 1.5h), got {budget!r}")
+    return float(budget)
 
 # %% ../nbs/07_plan.ipynb #fbb82437
 @dataclass(frozen=True)

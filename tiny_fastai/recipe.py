@@ -14,7 +14,7 @@ from .data import sample_path, get_tiny_imagenet
 from .loaders import tiny_dls, dls_size
 from .models import get_arch
 from .distrib import init_distrib, distrib_training, rank0_first, local_bs, no_gather
-from .plan import PlanError, Recipe, resolve_plan, check_seed, check_tta
+from .plan import PlanError, Recipe, resolve_plan, check_seed, check_tta, check_budget
 from .callbacks import apply_ema
 from .learner import tiny_learner
 from .fit import progressive_fit
@@ -22,8 +22,8 @@ from .evaluate import evaluate, write_interpretation, plot_history
 from .infer import export_learner, export_model, load_model, check_vocab
 
 # %% auto #0
-__all__ = ['GPU_PRESETS', 'cpu_estimate', 'finite', 'git_commit', 'Results', 'data_id', 'results_table', 'train_recipe',
-           'evaluate_model']
+__all__ = ['GPU_PRESETS', 'POST_S', 'cpu_estimate', 'finite', 'git_commit', 'Results', 'data_id', 'results_table',
+           'after_training_s', 'train_recipe', 'evaluate_model']
 
 # %% ../nbs/15_recipe.ipynb #18dc88bf
 GPU_PRESETS = ('sprint', 'full')
@@ -104,6 +104,7 @@ class Results:
     files: list = None          # the files of the run folder
     version: str = tiny_fastai.__version__   # of the package that trained it
     commit: str = None          # git commit of the package's checkout, when it is one
+    budget: dict = None         # with a budget: its seconds, the timings and the epochs `fit_budget` chose
 
     def to_json(self) -> str: return json.dumps(finite(asdict(self)), indent=1, allow_nan=False) + '\n'
 
@@ -137,11 +138,21 @@ def results_table(res:Results) -> str:
         f"", f"{res.epochs} epochs: {st}; {res.n_train:,} train / {res.n_valid:,} val images, "
         f"{len(res.classes)} classes; {res.wall_s:.0f} s on {res.device}"])
 
+POST_S = 3.0   # s: export, pictures and results.json after the evaluation (measured 1.5-2.5 s for the demo on a 2-core CPU)
+
+def after_training_s(timed:dict, n_valid_batches:int, tta, tta_n:int=4) -> float:
+    "Seconds a run needs after its last epoch: the evaluation with `tta` at the last size (from `time_steps`'s `timed`), and `POST_S`"
+    passes = 1 + {None: 0, 'flip': 1, 'aug': 1.5*tta_n}[tta]   # 'aug' runs the training augmentation over the val set
+    return passes*n_valid_batches*timed['valid_batch_s'] + POST_S
+
 def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None, sizes=None, lrs=None, bs=None,
                  seed:int=42, restart:bool=False, num_workers:int=None, skip_bad:bool=False, device=None, tta=True,
-                 deterministic:bool=False, cbs=None, dls_kwargs:dict=None, cli:bool=False, **overrides) -> Results:
+                 deterministic:bool=False, cbs=None, dls_kwargs:dict=None, cli:bool=False, budget=None, valid_every:int=None,
+                 started:float=None, **overrides) -> Results:
     "Run (or resume) the training recipe `preset` with overrides; write results.json, the model files and plots to `out`"
+    # `budget`: the whole call (or, from the CLI, the whole command: `started`) ends within it; the preset's epochs give proportions
     t0 = time.time()
+    budget,started = check_budget(budget),ifnone(started, t0)
     r = resolve_plan(preset, arch=arch, epochs=epochs, sizes=sizes, lrs=lrs, bs=bs, **overrides)
     tta = r.tta if tta is True else check_tta(tta)    # True: the preset's kind of TTA
     seed = check_seed(seed)
@@ -157,16 +168,20 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
                       skip_bad=skip_bad, device=device, check_images=True, aug=r.aug, **(dls_kwargs or {}))
     lock_run(out); clean_leftovers(out)   # one run at a time in a folder (rank 0 only); what killed runs left goes
     learn = tiny_learner(dls, r.arch, mix=r.mix, ls=r.ls, wd=r.wd, opt=r.opt, ema=r.ema, path=out, cbs=cbs,
-                         compile=r.compile and device.type == 'cuda')   # compiling pays on a GPU only
+                         compile=r.compile and device.type == 'cuda',   # compiling pays on a GPU only
+                         ckpt_every=float('inf') if budget else 120)    # budgeted: at stage ends and on a signal
     if restart and is_rank0():   # nothing of the old run stays beside the new checkpoint
         for f in rd.outputs: Path(f).unlink(missing_ok=True)
     config = dict(bs=r.bs, mix=r.mix, ls=r.ls, seed=seed, data=data_id(dls),
-                  **{k: getattr(r, k) for k in ('opt', 'ema') if getattr(r, k) != getattr(Recipe, k)})
+                  **{k: getattr(r, k) for k in ('opt', 'ema') if getattr(r, k) != getattr(Recipe, k)},
+                  **({'budget_s': budget} if budget else {}))
     rank0_print(f"{preset}: {r.arch} ({learn.rules['params']:,} params), {len(dls.vocab)} classes, {len(dls.train_ds):,} train / "
          f"{len(dls.valid_ds):,} val images from {path}, on {device_name(dls.device)}")
     with distrib_training(learn):
         progressive_fit(learn, r.stages, config=config, pct_start=r.pct_start, sched=r.sched,
-                        lr_find_kw=dict(num_it=r.lr_find_it), restart_hint='--restart' if cli else 'restart=True')
+                        lr_find_kw=dict(num_it=r.lr_find_it), restart_hint='--restart' if cli else 'restart=True',
+                        budget=budget and budget - (time.time() - started), valid_every=valid_every,
+                        after_s=lambda timed: after_training_s(timed[r.sizes[-1]], len(dls.valid), tta, r.tta_n))
     p = learn.run_progress
     if p.epochs_this_run == 0 and rd.results.exists():   # a finished run run again changes nothing
         rank0_print(f"{out} holds a finished run: its results.json and model.pkl are kept as they are")
@@ -176,11 +191,12 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     ev = evaluate(learn, size=r.sizes[-1], tta=tta, n=r.tta_n, with_preds=True)
     res = Results(preset, r.arch, learn.rules['params'], ev['top1'], ev['top5'], ev.get('top1_tta'), ev.get('top5_tta'),
                   tta=tta, tta_n=r.tta_n if tta == 'aug' else 0,
-                  stages=[dict(size=s, epochs=n, lr=lr) for (s,n,_),lr in zip(r.stages, p.lrs)], epochs=sum(r.epochs),
+                  stages=[dict(size=s, epochs=n, lr=lr) for (s,n,_),lr in zip(p.stages, p.lrs)], epochs=p.total_epochs,
                   sched=r.sched, bs=r.bs, bs_per_process=local_bs(r.bs), world_size=world_size(), opt=r.opt, wd=r.wd, ls=r.ls,
                   mix=r.mix, ema=r.ema, seed=seed, runs=p.runs, wall_s=round(time.time()-t0, 1),
                   train_s=round(sum(h['time_s'] for h in p.history), 1), device=device_name(dls.device), data=str(path),
-                  classes=list(dls.vocab), n_train=len(dls.train_ds), n_valid=ev['n_valid'], history=p.history, commit=git_commit())
+                  classes=list(dls.vocab), n_train=len(dls.train_ds), n_valid=ev['n_valid'], history=p.history, commit=git_commit(),
+                  budget=dict(p.budget, budget_s=budget) if p.budget else None)
     if is_rank0():
         export_learner(learn, rd.model_pkl)
         export_model(learn, rd.model)   # and model.json: the files to share
