@@ -13,7 +13,7 @@ from .files import FIGURE_DIR, figures_to_files
 from .models import get_arch, check_rules
 from .plan import check_mix, check_opt
 from .checkpoint import RunProgress, RunRecorder, Checkpoint
-from .callbacks import NaNGuard, EMA, DeviceSmoothLoss, ThrottledProgress, PlainProgress, interactive_output, mix_callback
+from .callbacks import NaNGuard, EMA, PlainTensors, DeviceSmoothLoss, ThrottledProgress, PlainProgress, interactive_output, mix_callback
 
 # %% auto #0
 __all__ = ['top1', 'top5', 'get_opt', 'wd_splitter', 'compile_model', 'tiny_learner', 'is_oom', 'find_max_bs']
@@ -63,7 +63,7 @@ def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=
     cbs = L(kwargs.pop('cbs', None))
     mcb = mix_callback(check_mix(mix), mix_alpha)
     if mcb is not None: cbs.append(mcb)
-    cbs.append(RunRecorder())
+    cbs += [RunRecorder(), PlainTensors()]
     if checkpoint: cbs.append(Checkpoint(checkpoint, every_s=ckpt_every))
     cbs.append(NaNGuard())
     if ema: cbs.append(EMA(ema))

@@ -25,7 +25,8 @@ from .data import TINY_STATS, Layout, scan, open_image
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'CACHE_BLOCK', 'CACHE_CHECK_BYTES', 'ItemResize', 'BatchResize', 'tiny_datablock',
-           'default_cache_dir', 'ArrayCache', 'build_cache', 'FastDL', 'tiny_dls', 'resize_dls', 'dls_size']
+           'default_cache_dir', 'ArrayCache', 'build_cache', 'FastDL', 'static_bs', 'tiny_dls', 'resize_dls',
+           'dls_size']
 
 # %% ../nbs/05_loaders.ipynb #5d1e3f24
 class ItemResize(Resize):
@@ -338,6 +339,12 @@ def __iter__(self:FastDL):
     if hasattr(self, 'it'): del(self.it)
 
 # %% ../nbs/05_loaders.ipynb #1f4c0982
+def static_bs(n:int, bs:int) -> int:
+    "The largest batch size up to `bs` that divides `n` items (every batch one shape: one compiled graph); `bs` if that is under half of it"
+    if not n: return bs
+    d = max(d for d in range(1, min(bs, n)+1) if n % d == 0)
+    return d if 2*d >= min(bs, n) else bs
+
 @delegates(FastDL.__init__, but='dataset,do_setup,indexed,n,batch_size,shuffle,pin_memory_device,wif,before_iter,after_item,'
                                 'after_batch,after_iter,create_batches,create_item,create_batch,retain,get_idxs,sample,shuffle_fn,do_batch')
 def tiny_dls(path,                  # Tiny ImageNet folder (official layout), e.g. `get_tiny_imagenet()` or `sample_path()`
@@ -371,6 +378,7 @@ def tiny_dls(path,                  # Tiny ImageNet folder (official layout), e.
     if not on_cuda(device): num_workers = cpu_setup(num_workers)   # the CLI's and Python's CPU runs alike
     dblock,items,batch_aug = tiny_datablock(layout, size, aug, item_size)
     before_batch = batch_aug + list(L(kwargs.pop('before_batch', None)))
+    kwargs.setdefault('val_bs', static_bs(len(layout.valid), bs))   # every val batch one shape: one compiled graph
     dls = dblock.dataloaders(items, path=layout.path, bs=bs, num_workers=num_workers, device=device, before_batch=before_batch, **kwargs)
     if seed is not None:
         for i,dl in enumerate(dls.loaders): dl.rng = random.Random(seed + i)

@@ -13,8 +13,8 @@ from .models import get_arch
 
 # %% auto #0
 __all__ = ['MAX_EPOCHS', 'MAX_SIZE', 'OPTS', 'MIXES', 'SCHEDS', 'TTAS', 'RECIPES', 'Stage', 'check_stage', 'check_plan',
-           'check_bs', 'check_seed', 'check_opt', 'check_mix', 'check_sched', 'check_lrs', 'check_tta', 'check_budget',
-           'Recipe', 'get_recipe', 'resolve_plan']
+           'check_bs', 'check_seed', 'check_arch', 'check_opt', 'check_mix', 'check_sched', 'check_lrs', 'check_tta',
+           'check_budget', 'Recipe', 'get_recipe', 'resolve_plan']
 
 # %% ../nbs/07_plan.ipynb #6f3a24d2
 @dataclass(frozen=True)
@@ -75,6 +75,12 @@ OPTS = ('adam', 'adamw', 'sgd')
 MIXES = ('mixup', 'cutmix', 'mixcut')
 SCHEDS = ('stages', 'one')
 TTAS = ('flip', 'aug')
+
+def check_arch(arch:str) -> str:
+    "`arch` if it names a model preset of `ARCHS`"
+    try: get_arch(arch)
+    except ValueError as e: raise PlanError(str(e)) from None
+    return arch
 
 def check_opt(opt:str) -> str:
     "`opt` if it names an optimizer of `OPTS`"
@@ -147,7 +153,7 @@ class Recipe:
     def __post_init__(self):
         object.__setattr__(self, 'stages', tuple(check_plan(self.stages)))
         object.__setattr__(self, 'bs', check_bs(self.bs))
-        get_arch(self.arch); check_opt(self.opt); check_mix(self.mix); check_sched(self.sched); check_lrs(self.lrs, self.sched)
+        check_arch(self.arch); check_opt(self.opt); check_mix(self.mix); check_sched(self.sched); check_lrs(self.lrs, self.sched)
         object.__setattr__(self, 'tta', check_tta(self.tta))
         if not 0 <= self.pct_start < 1: raise PlanError(f"pct_start must be in [0, 1), got {self.pct_start!r}")
         if self.ema is not None and not 0 < self.ema < 1: raise PlanError(f"ema must be a decay in (0, 1), got {self.ema!r}")
@@ -188,7 +194,7 @@ def _per_stage(v, n, name):
 def resolve_plan(preset='demo', arch=None, epochs=None, sizes=None, lrs=None, bs=None, **overrides) -> Recipe:
     "The `Recipe` `preset` with overrides applied, every setting checked (no data is touched)"
     r = get_recipe(preset)
-    if arch is not None: get_arch(arch)
+    if arch is not None: check_arch(arch)
     sizes = _per_stage(sizes, len(sizes) if is_listy(sizes) else 1, 'sizes') if sizes is not None else list(r.sizes)
     n = len(sizes)
     if epochs is not None:
