@@ -1,0 +1,164 @@
+"""The project's headline as one command: `tiny-fastai train --preset sprint --budget B` from the archive, nothing decoded.
+
+It runs the command exactly as a user would (a subprocess, a fresh cache folder, so the archive is decoded inside the
+budget), times it from the outside, and reads what the run wrote: top-1 (plain and with the preset's TTA), the epochs
+the budget chose and the timings they rest on, and one row per epoch. From the rows it derives the in-loop training
+images/s of each epoch (the first epoch at each size pays the compilation, and epochs that validate pay validation:
+both are marked) and the fixed cost (the command's wall time minus the epochs). With `--compare ARCH` it runs the same
+command again with another model (e.g. the separable `sep_fused_s`) in `--compare-budget`, for the side-by-side table.
+With `--bare` it also times the bare compiled training step of the model at each size (random tensors on the device,
+no loader, no callbacks), the reference the loop is measured against.
+
+Everything goes to OUT/headline.json and OUT/headline.md, rewritten after every step; the runs' logs and results.json
+are copied to OUT.
+
+Usage (one H200, about 9.5 minutes): python bench/headline.py path/to/tiny-imagenet-200.tar.gz --out OUT --budget 9m
+A second command: python bench/headline.py path/to/tiny-imagenet-200.tar.gz --out OUT2 --budget 4m --compare sep_fused_s --compare-budget 4m --bare
+On a CPU, `--quick` runs the demo preset on DATA (e.g. the bundled sample) with a budget of seconds, for testing."""
+import argparse, json, os, platform, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, cpu_model, load
+
+
+def write(out, d):
+    "OUT/headline.json and .md, atomically"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (('headline.json', json.dumps(d, indent=1) + '\n'), ('headline.md', markdown(d))):
+        tmp = out/f'.{name}.tmp'; tmp.write_text(text); os.replace(tmp, out/name)
+
+
+def epoch_rows(res, n_train):
+    "Per epoch: size, seconds, training images/s, and whether it compiled (first at its size) or validated"
+    rows, seen = [], set()
+    for h in res.get('history', []):
+        first = h['size'] not in seen; seen.add(h['size'])
+        rows.append(dict(epoch=h['epoch'] + 1, size=h['size'], time_s=h['time_s'], ips=round(n_train/h['time_s']) if h['time_s'] else None,
+                         first_at_size=first, validated=h.get('top1') is not None))
+    return rows
+
+
+def run_train(name, data, out, budget, preset, arch, work, extra=()):
+    "The CLI as a user runs it, from a fresh cache; returns what the run wrote and the command's wall time"
+    run_dir, env = work/name, dict(os.environ, XDG_CACHE_HOME=str(work/f'cache-{name}'), PYTHONUNBUFFERED='1')
+    cmd = [sys.executable, '-m', 'tiny_fastai.cli', 'train', '--preset', preset, '--budget', budget, '--data', str(data),
+           '--out', str(run_dir), *(['--arch', arch] if arch else []), *extra]
+    t = time.time()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.time() - t
+    (out/f'{name}.log').write_text(p.stdout + p.stderr)
+    if p.returncode != 0: return dict(command=' '.join(cmd[2:]), wall_s=round(wall, 1), error=(p.stderr or p.stdout)[-2000:])
+    res = json.loads((run_dir/'results.json').read_text())
+    shutil.copy(run_dir/'results.json', out/f'{name}_results.json')
+    rows = epoch_rows(res, res['n_train'])
+    epochs_s = sum(r['time_s'] for r in rows)
+    steady = [r for r in rows if not r['first_at_size'] and not r['validated']]
+    by_size = {s: round(sum(r['ips'] for r in steady if r['size'] == s)/max(1, len([r for r in steady if r['size'] == s])))
+               for s in dict.fromkeys(r['size'] for r in rows)}
+    return dict(command='tiny-fastai ' + ' '.join(cmd[3:]), wall_s=round(wall, 1), budget_s=res.get('budget', {}).get('budget_s'),
+                top1=res['top1'], top5=res['top5'], top1_tta=res.get('top1_tta'), tta=res.get('tta'), arch=res['arch'],
+                params=res['params'], epochs=res['epochs'], stages=res['stages'], device=res['device'],
+                budget=res.get('budget'), epochs_s=round(epochs_s, 1), fixed_s=round(wall - epochs_s, 1),
+                steady_ips=by_size, rows=rows)
+
+
+def bare_steps(arch, sizes, bs, steps=20, warmup=5, compile=True):
+    "Training images/s of the bare (compiled) step of `arch` at each size: tensors on the device, fused SGD, bf16, channels-last"
+    import torch, torch.nn.functional as F
+    from tiny_fastai.models import get_arch
+    dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    model = get_arch(arch)(n_out=200).to(dev).train()
+    cl = dev.type == 'cuda'
+    if cl: model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, **({'fused': True} if cl else {}))
+    fwd = torch.compile(model, dynamic=False) if compile else model
+    res = []
+    for s in sizes:
+        x = torch.randn(bs, 3, s, s, device=dev); y = torch.randint(0, 200, (bs,), device=dev)
+        if cl: x = x.contiguous(memory_format=torch.channels_last)
+        def step():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cl):
+                loss = F.cross_entropy(fwd(x), y)
+            loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        for _ in range(warmup): step()
+        if cl: torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        for _ in range(steps): step()
+        if cl: torch.cuda.synchronize()
+        res.append(dict(arch=arch, size=s, bs=bs, compiled=compile, ips=round(bs*steps/(time.perf_counter()-t1)),
+                        warmup_s=round(t1 - t, 1)))
+    return res
+
+
+def markdown(d):
+    f = lambda v, p='.4f': '-' if v is None else format(v, p)
+    s = [f"# Headline run ({d['date']})", "", f"Machine: {d['device']}; {d['cpu']}; Python {d['python']}, torch {d['torch']}",
+         "", f"Command: `{d['command']}`", ""]
+    runs = [(k, v) for k, v in d['runs'].items()]
+    if runs:
+        s += ["| run | model (params) | budget s | command wall s | epochs | top-1 | top-1 TTA | epochs s | fixed s | steady train images/s by size |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for k, r in runs:
+            if 'error' in r: s.append(f"| {k} | - | - | {r['wall_s']} | - | failed | - | - | - | {r['error'][-200:]!r} |"); continue
+            s.append(f"| {k} | {r['arch']} ({r['params']/1e6:.1f}M) | {f(r['budget_s'], '.0f')} | {r['wall_s']} | {r['epochs']} | "
+                     f"{f(r['top1'])} | {f(r['top1_tta'])} ({r['tta']}) | {r['epochs_s']} | {r['fixed_s']} | "
+                     + ', '.join(f"{k2} px: {v2:,}" for k2, v2 in r['steady_ips'].items()) + " |")
+        for k, r in runs:
+            if 'error' in r: continue
+            s += ["", f"## {k}: `{r['command']}`", "", f"Plan chosen by the budget: " +
+                  ', '.join(f"{st['epochs']} x {st['size']} px (lr {st['lr']:.2g})" for st in r['stages']),
+                  f"Budget record: {json.dumps(r['budget'])}", "", "| epoch | size | s | images/s | note |", "|---|---|---|---|---|"]
+            s += [f"| {x['epoch']} | {x['size']} | {x['time_s']} | {x['ips']:,} | "
+                  f"{'first at this size (compiles)' if x['first_at_size'] else ''}{' validated' if x['validated'] else ''} |" for x in r['rows']]
+    if d.get('bare'):
+        s += ["", "## Bare training step (no loader, no callbacks)", "", "| model | size | batch | compiled | images/s | warm-up s |", "|---|---|---|---|---|---|"]
+        s += [f"| {b['arch']} | {b['size']} | {b['bs']} | {b['compiled']} | {b['ips']:,} | {b['warmup_s']} |" for b in d['bare']]
+    if d.get('error'): s += ["", "Error: " + d['error']]
+    return '\n'.join(s) + '\n'
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('data', nargs='?', default=os.environ.get('TINY_IMAGENET'), help='the archive (or a folder); default $TINY_IMAGENET')
+    p.add_argument('--out', default='runs/headline')
+    p.add_argument('--budget', default='9m', help='the budget of the headline command (default 9m)')
+    p.add_argument('--arch', default=None, help="the model of the headline run (default: the preset's)")
+    p.add_argument('--compare', default=None, help='a second model to run with the same command (e.g. sep_fused_s)')
+    p.add_argument('--compare-budget', default=None, help='its budget (default: --budget)')
+    p.add_argument('--bare', action='store_true', help='also time the bare compiled step of each model at the sizes')
+    p.add_argument('--work-dir', default=None)
+    p.add_argument('--quick', action='store_true', help='on a CPU: the demo preset on DATA with a budget of seconds')
+    a = p.parse_args(argv)
+    if a.data is None: p.error('give the Tiny ImageNet archive or folder (or set TINY_IMAGENET)')
+    import torch
+    out, work = Path(a.out), Path(a.work_dir or tempfile.mkdtemp(prefix='headline_'))
+    gpu = torch.cuda.is_available()
+    preset = 'demo' if a.quick else 'sprint'
+    d = dict(date=time.strftime('%Y-%m-%d'), device=torch.cuda.get_device_name(0) if gpu else 'cpu (no GPU)',
+             cpu=f"{cpu_model()}, {os.cpu_count()} cores, load {load()}", python=platform.python_version(), torch=torch.__version__,
+             command='python ' + ' '.join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
+             runs={}, bare=[], status='running')
+    write(out, d)
+    try:
+        extra = ('--workers', '0') if a.quick else ()
+        d['runs']['headline'] = run_train('headline', a.data, out, a.budget, preset, a.arch, work, extra); write(out, d)
+        if a.compare:
+            d['runs'][a.compare] = run_train(a.compare, a.data, out, a.compare_budget or a.budget, preset, a.compare, work, extra)
+            write(out, d)
+        if a.bare:
+            sizes = (16, 32) if a.quick else (32, 48, 64)
+            for arch in [a.arch or ('tiny' if a.quick else 'dense')] + ([a.compare] if a.compare else []):
+                d['bare'] += bare_steps(arch, sizes, 16 if a.quick else 512, *((3, 1) if a.quick else (20, 5)), compile=gpu)
+                write(out, d)
+        d['status'] = 'done'
+    except BaseException as e:
+        d['status'], d['error'] = 'failed', f"{type(e).__name__}: {e}"[-2000:]
+        raise
+    finally:
+        write(out, d); print(markdown(d), flush=True)
+    return d
+
+
+if __name__ == '__main__':
+    main(); sys.stdout.flush(); os._exit(0)
