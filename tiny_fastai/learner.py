@@ -293,15 +293,20 @@ def _opt_to(opt, device):
         st = opt.state.get(p)
         if st: opt.state[p] = {k: v.to(p.device) if isinstance(v, Tensor) else v for k,v in st.items()}
 
-def load_checkpoint(learn, state:dict):
-    "Put model, optimizer and history of `state` (from `read_checkpoint`) into `learn`; return its `meta`"
-    get_model(learn.model).load_state_dict(state['model'])
-    if state.get('opt') is not None:
-        if learn.opt is None: learn.create_opt()
-        sd = state['opt']
-        if isinstance(sd, dict) and 'hypers' in sd: sd = {**sd, 'hypers': L(sd['hypers'])}   # fastai's Optimizer keeps an `L`
-        learn.opt.load_state_dict(sd)
-        _opt_to(learn.opt, one_param(learn.model).device)
+def load_checkpoint(learn, state:dict, fname=None, restart_hint:str='--restart'):
+    "Put model, optimizer and history of `state` (from `read_checkpoint` of `fname`) into `learn`; return its `meta`"
+    try:
+        get_model(learn.model).load_state_dict(state['model'])
+        if state.get('opt') is not None:
+            if learn.opt is None: learn.create_opt()
+            sd = state['opt']
+            if isinstance(sd, dict) and 'hypers' in sd: sd = {**sd, 'hypers': L(sd['hypers'])}   # fastai's Optimizer keeps an `L`
+            learn.opt.load_state_dict(sd)
+            _opt_to(learn.opt, one_param(learn.model).device)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:   # a tensor of another shape, a missing key: torch's text names neither
+        fname = ifnone(fname, getattr(getattr(learn, 'checkpoint', None), 'file', 'the checkpoint'))
+        raise CheckpointError(f"checkpoint {fname} does not fit this model ({' '.join(str(e).split())[:200]}); start over with "
+                              f"{restart_hint} (or delete it)") from e
     if hasattr(learn, 'ema'): learn.ema.load_state(state.get('ema'))
     ck = getattr(learn, 'checkpoint', None)
     if ck is not None: ck.history,ck.meta,ck._smooth = list(state['history']),dict(state['meta']),state.get('smooth')
@@ -684,7 +689,7 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
         if state.get('vocab') != list(learn.dls.vocab): bad.append(f"classes: the checkpoint has {len(state['vocab'])}, the data {len(learn.dls.vocab)}")
         if bad: raise CheckpointError(f"{ck.file} belongs to another run ({'; '.join(bad)}). Run with the same settings "
                                       f"to resume it, or start over with {restart_hint} (or delete {ck.file})")
-        meta = load_checkpoint(learn, state)
+        meta = load_checkpoint(learn, state, ck.file, restart_hint)
         start,done,rng,runs = meta['stage'],meta['stage_epochs'],state['rng'],meta.get('runs', 1)+1
         ended = done >= plan[start][1]     # written at the end of a stage, before the next stage's loaders were made
         if ended: start,done = start+1,0
