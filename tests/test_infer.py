@@ -101,9 +101,11 @@ def _copy(out, d):
     return d, json.loads((d/'model.json').read_text())
 
 def _weights(d, info, change):
-    "Rewrite the weights of `d` with `change(state_dict)` and a model.json without their sha256"
-    sd = load_file(d/'model.safetensors'); change(sd); save_file(sd, d/'model.safetensors')
-    (d/'model.json').write_text(json.dumps({k: v for k, v in info.items() if k != 'sha256'}))
+    "Rewrite the weights of `d` with `change(state_dict)`, and model.json with their sha256 (the digest is mandatory)"
+    sd = {k: v.clone() for k, v in load_file(d/'model.safetensors').items()}; change(sd); save_file(sd, d/'model.safetensors')
+    _rehash(d, info)
+
+def _rehash(d, info): (d/'model.json').write_text(json.dumps(dict(info, sha256=infer._sha256(d/'model.safetensors'))))
 
 BAD = {
     'missing json':    (lambda d, i: (d/'model.json').unlink(), 'model.json', 'is missing'),
@@ -112,7 +114,7 @@ BAD = {
     'missing keys':    (lambda d, i: (d/'model.json').write_text(json.dumps({k: v for k, v in i.items() if k not in ('arch', 'stats')})),
                         'model.json', 'lacks arch, stats'),
     'unknown arch':    (lambda d, i: (d/'model.json').write_text(json.dumps(dict(i, arch='resnet50'))), 'model.json', "unknown arch 'resnet50'"),
-    'other arch':      (lambda d, i: (d/'model.json').write_text(json.dumps(dict(i, arch='small', sha256=None))), 'model.safetensors',
+    'other arch':      (lambda d, i: (d/'model.json').write_text(json.dumps(dict(i, arch='small'))), 'model.safetensors',
                         "does not hold the weights of arch 'small'"),
     'other weights':   (lambda d, i: (d/'model.safetensors').write_bytes((d/'model.safetensors').read_bytes()[:-4] + b'\0\0\0\0'),
                         'model.json', 'was written for other weights'),
@@ -120,7 +122,7 @@ BAD = {
     'extra tensor':    (lambda d, i: _weights(d, i, lambda sd: sd.update(extra=torch.zeros(2))), 'model.safetensors', 'unexpected extra'),
     'wrong shape':     (lambda d, i: _weights(d, i, lambda sd: sd.update({k: torch.zeros(3) for k in sorted(sd)[:1]})),
                         'model.safetensors', 'is (3,), not'),
-    'not safetensors': (lambda d, i: _weights(d, i, lambda sd: None) or (d/'model.safetensors').write_text('hello'),
+    'not safetensors': (lambda d, i: ((d/'model.safetensors').write_text('hello'), _rehash(d, i)),
                         'model.safetensors', 'is not a safetensors file'),
     'too few classes': (lambda d, i: (d/'model.json').write_text(json.dumps(dict(i, classes=i['classes'][:3]))), 'model.json',
                         'names 3 classes for a model with 5 outputs'),
@@ -139,7 +141,7 @@ def test_bad_model_files(run, tmp_path, case):
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
 
 def test_read_model_info_ok(run):
-    assert read_model_info(run[0]/'model.json')['arch'] == 'tiny'
+    assert read_model_info(run[0]/'model.json').arch == 'tiny'
 
 @pytest.mark.parametrize('route', ['safetensors', 'pkl'])
 def test_predict_decodes_batch_by_batch(run, images, monkeypatch, route):

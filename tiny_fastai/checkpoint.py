@@ -265,15 +265,20 @@ def _opt_to(opt, device):
         st = opt.state.get(p)
         if st: opt.state[p] = {k: v.to(p.device) if isinstance(v, Tensor) else v for k,v in st.items()}
 
-def load_checkpoint(learn, state:dict):
-    "Put model, optimizer, EMA and progress of `state` (from `read_checkpoint`) into `learn`; return its `RunProgress`"
-    get_model(learn.model).load_state_dict(state['model'])
-    if state.get('opt') is not None:
-        if learn.opt is None: learn.create_opt()
-        sd = state['opt']
-        if isinstance(sd, dict) and 'hypers' in sd: sd = {**sd, 'hypers': L(sd['hypers'])}   # fastai's Optimizer keeps an `L`
-        learn.opt.load_state_dict(sd)
-        _opt_to(learn.opt, one_param(learn.model).device)
+def load_checkpoint(learn, state:dict, fname=None, restart_hint:str='--restart'):
+    "Put model, optimizer, EMA and progress of `state` (from `read_checkpoint` of `fname`) into `learn`; return its `RunProgress`"
+    try:
+        get_model(learn.model).load_state_dict(state['model'])
+        if state.get('opt') is not None:
+            if learn.opt is None: learn.create_opt()
+            sd = state['opt']
+            if isinstance(sd, dict) and 'hypers' in sd: sd = {**sd, 'hypers': L(sd['hypers'])}   # fastai's Optimizer keeps an `L`
+            learn.opt.load_state_dict(sd)
+            _opt_to(learn.opt, one_param(learn.model).device)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:   # a tensor of another shape, a missing key: torch's text names neither
+        fname = ifnone(fname, getattr(getattr(learn, 'checkpoint', None), 'file', 'the checkpoint'))
+        raise CheckpointError(f"checkpoint {fname} does not fit this model ({' '.join(str(e).split())[:200]}); start over with "
+                              f"{restart_hint} (or delete it)") from e
     if hasattr(learn, 'ema'): learn.ema.load_state(state.get('ema'))
     ck = getattr(learn, 'checkpoint', None)
     if ck is not None: ck.smooth = state.get('smooth')

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, json, os, sys, time, warnings
 from pathlib import Path
+from .text import safe_text   # no fastai: --help and argument errors stay immediate
 
 # %% auto #0
 __all__ = ['CliError', 'get_parser', 'main']
@@ -14,9 +15,17 @@ __all__ = ['CliError', 'get_parser', 'main']
 class CliError(ValueError):
     "A command-line value that cannot be used"
 
+_EXAMPLES = dict(epochs='2,2,4', sizes='16,32,64')
+
 def _ints(s, name):
     try: return [int(o) for o in s.split(',')]
-    except ValueError: raise CliError(f"--{name}: {s!r} is not a comma-separated list of integers (e.g. 2,2,4)") from None
+    except ValueError:
+        raise CliError(f"--{name}: {s!r} is not a comma-separated list of integers (e.g. --{name} {_EXAMPLES.get(name, '2,2,4')})") from None
+
+def _path(s, opt):
+    "`s` (the value of the path-like option `opt`), refused when empty: `Path('')` is the current folder"
+    if s is not None and str(s) == '': raise CliError(f"{opt} is empty: give a path (or leave {opt} out)")
+    return s
 
 def _lrs(s):
     res = []
@@ -68,6 +77,7 @@ def get_parser() -> argparse.ArgumentParser:
     e.add_argument('--no-tta', action='store_true', help="skip the test-time-augmentation evaluation")
     e.add_argument('--seed', default='42', help="random seed of the TTA augmentations (default 42)")
     e.add_argument('--json', action='store_true', help="print the result as JSON")
+    e.add_argument('--out', help="folder for confusion.png, top_losses.png and evaluate.json (default: an evaluate folder beside the model)")
     r = sub.add_parser('predict', help="top classes of image files")
     r.add_argument('model', help=_MODEL_HELP)
     r.add_argument('images', nargs='+', metavar='IMAGE', help="image files (any size; JPEG, PNG, ...)")
@@ -78,48 +88,50 @@ def get_parser() -> argparse.ArgumentParser:
 # %% ../nbs/17_cli.ipynb #ee3130bf
 _STARTED = time.time()   # when the command started (this module is imported first): a --budget counts from here
 
-def _int(s, name, lo=None):
+def _int(s, opt, lo=None):
+    "`s` as an integer of at least `lo`, or a `CliError` naming the option `opt` as it is spelled (`--bs`, `-k`)"
     if s is None: return None
     try: v = int(s)
-    except (TypeError, ValueError): raise CliError(f"--{name}: {s!r} is not an integer") from None
-    if lo is not None and v < lo: raise CliError(f"--{name} must be at least {lo}, got {v}")
+    except (TypeError, ValueError): raise CliError(f"{opt}: {s!r} is not an integer") from None
+    if lo is not None and v < lo: raise CliError(f"{opt} must be at least {lo}, got {v}")
     return v
 
 def _train(a):
-    bs = _int(a.bs, 'bs')
+    bs,out,data = _int(a.bs, '--bs'),_path(a.out, '--out'),_path(a.data, '--data')
     from tiny_fastai.recipe import train_recipe, results_table
     from tiny_fastai.distrib import is_rank0
     import torch
-    res = train_recipe(a.preset, out=a.out, data=a.data, arch=a.arch, epochs=_ints(a.epochs, 'epochs') if a.epochs else None,
+    res = train_recipe(a.preset, out=out, data=data, arch=a.arch, epochs=_ints(a.epochs, 'epochs') if a.epochs else None,
                        sizes=_ints(a.sizes, 'sizes') if a.sizes else None, lrs=_lrs(a.lr) if a.lr else None, bs=bs,
-                       seed=_int(a.seed, 'seed'), restart=a.restart, num_workers=_int(a.workers, 'workers', 0),
+                       seed=_int(a.seed, '--seed'), restart=a.restart, num_workers=_int(a.workers, '--workers', 0),
                        skip_bad=a.skip_bad, device=torch.device('cpu') if a.cpu else None,
                        tta=False if a.no_tta else (a.tta or True), deterministic=a.deterministic, compile=a.compile,
                        sched=a.sched, budget=a.budget, valid_every=_int(a.valid_every, 'valid-every', 1), started=_STARTED, cli=True)
     if is_rank0():
-        out = Path(a.out if a.out else Path('runs')/a.preset)
+        out = Path(out if out is not None else Path('runs')/a.preset)
         print('\n' + results_table(res))
-        print(f"\nwrote {', '.join(res.files or [])} to {out}")
+        print(f"\nwrote {', '.join(res.files or [])} to {safe_text(out)}")
     return 0
 
 def _evaluate(a):
-    bs = _int(a.bs, 'bs', 1)
+    bs,model,data,out = _int(a.bs, '--bs', 1),_path(a.model, 'MODEL'),_path(a.data, '--data'),_path(a.out, '--out')
     from tiny_fastai.recipe import evaluate_model
-    res = evaluate_model(a.model, a.data, bs=bs, num_workers=_int(a.workers, 'workers', 0), tta=not a.no_tta,
-                         seed=_int(a.seed, 'seed'))
+    res = evaluate_model(model, data, bs=bs, num_workers=_int(a.workers, '--workers', 0), tta=not a.no_tta,
+                         seed=_int(a.seed, '--seed'), out=out)
     size = res.pop('size')
     if a.json: print(json.dumps(res))
     else:
         f = lambda k: f"{res[k]:.3f}" if k in res else '-'
-        print(f"| {Path(a.model).name} on {res['n_valid']:,} val images at {size}px | plain | TTA |\n|---|---|---|\n"
+        print(f"| {safe_text(Path(model).name)} on {res['n_valid']:,} val images at {size}px | plain | TTA |\n|---|---|---|\n"
               f"| top-1 | {f('top1')} | {f('top1_tta')} |\n| top-5 | {f('top5')} | {f('top5_tta')} |")
-        print("\nmost confused (actual -> predicted, count): " + ', '.join(f"{t} -> {p} ({n})" for t,p,n in res['most_confused'][:5]))
-        print(f"wrote confusion.png, top_losses.png, evaluate.json to {res['out']}")
+        print("\nmost confused (actual -> predicted, count): " + ', '.join(f"{safe_text(t)} -> {safe_text(p)} ({n})" for t,p,n in res['most_confused'][:5]))
+        print(f"wrote confusion.png, top_losses.png, evaluate.json to {safe_text(res['out'])}")
     return 0
 
 def _predict(a):
-    k = _int(a.k, 'k', 1)
+    k = _int(a.k, '-k', 1)
     from tiny_fastai.infer import load_model, iter_predictions, open_image_file, ImageFileError
+    _path(a.model, 'MODEL')
     probs = []
     for f in a.images:
         try: open_image_file(f)
@@ -128,7 +140,7 @@ def _predict(a):
     res = iter_predictions(load_model(a.model), a.images, k=k)   # batch by batch: never every image at once
     if a.json: print(json.dumps(list(res)))
     else:
-        for r in res: print(f"{r['file']}: " + ', '.join(f"{c} ({p:.1%})" for c,p in r['top']))
+        for r in res: print(f"{safe_text(r['file'])}: " + ', '.join(f"{safe_text(c)} ({p:.1%})" for c,p in r['top']))
     return 0
 
 # %% ../nbs/17_cli.ipynb #065851f3
@@ -142,11 +154,13 @@ def main(argv=None) -> int:
     warnings.filterwarnings('ignore', category=DeprecationWarning)
     try: return dict(train=_train, evaluate=_evaluate, predict=_predict)[a.cmd](a)
     except KeyboardInterrupt:
-        print("tiny-fastai: interrupted; run the same command again to resume from the last completed epoch", file=sys.stderr)
+        print(f"tiny-fastai {a.cmd}: interrupted; " + ("run the same command again to resume from the last completed epoch"
+              if a.cmd == 'train' else "run it again to start it over"), file=sys.stderr)
         return 130
     except Exception as e:
         if os.environ.get('TINY_FASTAI_DEBUG'): raise
         known = isinstance(e, (ValueError, OSError, RuntimeError))
         msg = str(e) if known and str(e) else f"{type(e).__name__}: {e}"
+        msg = '\n'.join(map(safe_text, msg.split('\n')))   # names from other people's files: no escape sequences reach the terminal
         print(f"tiny-fastai {a.cmd}: error: {msg}", file=sys.stderr)
         return 2

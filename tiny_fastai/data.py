@@ -5,7 +5,7 @@
 # %% ../nbs/02_data.ipynb #4780f84a
 from __future__ import annotations
 from .core import *
-import os, errno, random, re, shutil, tarfile, tempfile, zipfile, zlib
+import os, errno, importlib.util, random, re, shutil, tarfile, tempfile, zipfile, zlib
 from contextlib import contextmanager
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +18,6 @@ import hashlib, json
 from fastai.vision.all import *
 from fastai.data.external import fastai_cfg
 from fastdownload import download_url
-import tiny_fastai
 from .files import pid_alive
 
 # %% auto #0
@@ -38,7 +37,7 @@ class LayoutError(ValueError):
         self.problems,self.bad = list(problems),list(bad)
 
 class ArchiveError(ValueError):
-    "An archive that is truncated or corrupt"
+    "An archive that cannot be extracted: truncated, corrupt, or with unsafe member names (outside the folder, absolute links)"
 
 class DownloadError(RuntimeError):
     "A download that did not finish"
@@ -160,6 +159,7 @@ def _classes(path, full):
     "The wnids (duplicates dropped), whether to demand the official counts, and the problems with the class files"
     wnids,probs = _read_wnids(path),[]
     if not wnids: probs.append("wnids.txt lists no classes")
+    elif len(set(wnids)) == 1: probs.append(f"wnids.txt lists one class ({wnids[0]}): a classifier needs at least 2")
     dup = [w for w,c in Counter(wnids).items() if c > 1]
     if dup: probs.append(f"wnids.txt lists {', '.join(dup)} more than once")
     wnids = list(dict.fromkeys(wnids))
@@ -225,6 +225,7 @@ def scan(path,                   # a Tiny ImageNet folder in the official layout
         if bad and not skip_bad:
             probs += [f"{len(bad)} image(s) cannot be decoded (pass skip_bad=True, or --skip-bad, to leave them out):"] + \
                      [f"  {f.relative_to(path)}" for f in bad]
+    if len(probs) == 1: raise LayoutError(f"{path} is not a valid Tiny ImageNet folder: {probs[0]}", problems=probs, bad=bad)   # one line
     if probs:
         more = f"\n - ... and {len(probs)-max_list} more" if len(probs) > max_list else ""
         raise LayoutError(f"{path} is not a valid Tiny ImageNet folder ({len(probs)} problem(s)):\n - " +
@@ -284,7 +285,7 @@ def make_subset(path, dest, n_classes:int=10, n_train:int=100, n_val:int=50, see
 # %% ../nbs/02_data.ipynb #1ecc32c8
 def sample_path() -> Path:
     "The bundled sample of Tiny ImageNet (10 classes, 100 train + 50 val images each, official layout)"
-    return Path(tiny_fastai.__file__).parent/'sample'/'tiny-imagenet-200'
+    return Path(importlib.util.find_spec('tiny_fastai.data').origin).parent/'sample'/'tiny-imagenet-200'   # not `tiny_fastai.__file__`: None when a folder named tiny_fastai in the current folder shadows the package
 
 # %% ../nbs/02_data.ipynb #78f2a17a
 def _archive_kind(p):
@@ -301,14 +302,25 @@ def _clean_partials(dest, mine:bool=False):
         m = re.match(r'\.tiny-imagenet-200\.partial-(\d+)-', d.name)
         if m and (not pid_alive(int(m.group(1))) or mine and int(m.group(1)) == os.getpid()): shutil.rmtree(d, ignore_errors=True)
 
+def _unsafe_name(n):
+    "Whether archive member name `n` would land outside the extraction folder (absolute, a drive, or `..`)"
+    p = n.replace('\\', '/')
+    return p.startswith('/') or re.match(r'[a-zA-Z]:', p) is not None or '..' in p.split('/')
+
 def _unpack(arch, out):
     try:
         if _archive_kind(arch) == 'zip':
-            with zipfile.ZipFile(arch) as z: z.extractall(out)
+            with zipfile.ZipFile(arch) as z:
+                bad = first(n for n in z.namelist() if _unsafe_name(n))
+                if bad is not None: raise ArchiveError(f"{arch} holds an unsafe member name {bad!r} (it would land outside the "
+                                                       "extraction folder); refused: nothing was extracted from it")
+                z.extractall(out)
         else:
             with tarfile.open(arch, 'r:*') as t:
                 if hasattr(tarfile, 'data_filter'): t.extractall(out, filter='data')
                 else: t.extractall(out)
+    except getattr(tarfile, 'FilterError', ()) as e:   # `filter='data'`: a path outside the folder, an absolute or outside link
+        raise ArchiveError(f"{arch} holds an unsafe member ({type(e).__name__}: {e}); refused: nothing was kept from it") from e
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise ArchiveError(f"{arch} is truncated or corrupt ({type(e).__name__}: {e}); nothing was kept from it") from e
 
@@ -370,6 +382,7 @@ def get_tiny_imagenet(source=None, # URL (default `URL_TINY`), .zip/.tar.gz/.tgz
                       archive=None # where downloads go (default: fastai's archive folder)
                      ) -> Path:
     "Download and/or extract Tiny ImageNet as needed, check its layout, and return its `tiny-imagenet-200` folder"
+    if str(source) == '': raise LayoutError("the data path is empty: give a Tiny ImageNet folder, archive or URL (--data)")
     source = ifnone(source, URL_TINY)
     if _is_url(str(source)):
         url = str(source)

@@ -170,6 +170,7 @@ def lock_run(out):
 
 def check_out(out) -> Path:
     "`out` as a `Path`, or a `PlanError` if it is not a folder or this user cannot write it; creates nothing"
+    if str(out) == '': raise PlanError("--out is empty: give a folder (leave it out for the default)")   # Path('') is the current folder
     out = Path(out)
     if out.exists() and not out.is_dir(): raise PlanError(f"--out {out} exists and is not a folder")
     first = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())

@@ -87,7 +87,7 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
         if bad: raise CheckpointError(f"{ck.file} belongs to another run ({'; '.join(bad)}). Run with the same settings "
                                       f"to resume it, or start over with {restart_hint} (or delete {ck.file})")
         learn.run_progress = p
-        load_checkpoint(learn, state)
+        load_checkpoint(learn, state, ck.file, restart_hint)
         lrs = [s.lr for s in plan]
         start,done,rng = p.stage,p.stage_epochs,state['rng']
         p.runs += 1

@@ -5,24 +5,28 @@
 # %% ../nbs/14_infer.ipynb #c1a0e004
 from __future__ import annotations
 from .core import *
-import json, hashlib, zipfile
+import json, hashlib, zipfile, math, re, struct, reprlib, dataclasses, importlib.metadata
+from dataclasses import dataclass
 from pathlib import Path
 from fastai.vision.all import *
 from safetensors import SafetensorError
-from safetensors.torch import save_file, load_file
+from safetensors.torch import load_file
 import tiny_fastai
+from .text import safe_text
 from .data import open_image, class_names, LayoutError
 from .files import atomic_file
 from .loaders import ItemResize, BatchResize, dls_size
-from .models import get_arch
+from .models import ARCHS, get_arch
+from .plan import MAX_SIZE
 from .checkpoint import RunRecorder, Checkpoint
 from .callbacks import NaNGuard, EMA
 from .learner import top1, top5
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'ModelFileError', 'ImageFileError', 'export_learner', 'load_model_file', 'model_vocab', 'check_vocab',
-           'model_info', 'export_model', 'TinyModel', 'model_pair', 'read_model_info', 'load_safetensors', 'load_model',
-           'open_image_file', 'iter_predictions', 'predict_files']
+__all__ = ['MODEL_FORMAT', 'MAX_CLASSES', 'MAX_INFO_BYTES', 'RESIZE_MODES', 'ModelFileError', 'ImageFileError', 'export_learner',
+           'load_model_file', 'model_vocab', 'check_vocab', 'Preprocess', 'ModelInfo', 'model_info', 'save_safetensors',
+           'export_model', 'TinyModel', 'model_pair', 'read_model_info', 'safetensors_header', 'load_safetensors',
+           'load_model', 'open_image_file', 'iter_predictions', 'predict_files']
 
 # %% ../nbs/14_infer.ipynb #f85cad51
 class ModelFileError(ValueError):
@@ -73,34 +77,177 @@ def check_vocab(learn, vocab, what='the data', model='the model'):
     if mine == other: return
     only_m,only_o = [c for c in mine if c not in other],[c for c in other if c not in mine]
     raise ModelFileError(f"{model} was exported for another set of classes: it knows {len(mine)} classes, {what} has "
-                         f"{len(other)}" + (f"; only in the model: {', '.join(only_m[:5])}" if only_m else '') +
-                         (f"; only in the data: {', '.join(only_o[:5])}" if only_o else '') +
+                         f"{len(other)}" + (f"; only in the model: {', '.join(map(safe_text, only_m[:5]))}" if only_m else '') +
+                         (f"; only in the data: {', '.join(map(safe_text, only_o[:5]))}" if only_o else '') +
                          ("" if only_m or only_o else " (same names, different order)"))
 
 # %% ../nbs/14_infer.ipynb #a9b41057
 MODEL_FORMAT = 'tiny_fastai model'
+MAX_CLASSES = 100_000        # outputs a model.json may name
+MAX_INFO_BYTES = 4 * 2**20   # a model.json is parsed in memory: a larger one is refused unread
+RESIZE_MODES = ('bilinear', 'bicubic', 'nearest', 'nearest-exact', 'area')   # `F.interpolate`'s modes for images
 
-def _first_tfm(pipe, cls): return first(f for f in pipe.fs if isinstance(f, cls))
+def _short(v, n=60):
+    "`v` for an error message: shortened (`reprlib`), control characters escaped"
+    s = safe_text(reprlib.repr(v)); return s if len(s) <= n else s[:n] + '...'
+
+def _int_in(v, lo, hi): return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+def _side(v): return _int_in(v, 8, MAX_SIZE)
+
+@dataclass(frozen=True)
+class Preprocess:
+    "What `tiny_dls` does to a validation image before the network sees it: the preprocessing part of model.json"
+    size: int|tuple              # px: the side (or (h, w)) of the batches, the last training size (`BatchResize`)
+    item_size: tuple = (64, 64)  # px: (h, w) each image is centre-cropped to first (`ItemResize`)
+    mode: str = 'bilinear'       # interpolation of `BatchResize`, one of `RESIZE_MODES`
+    antialias: bool = True       # whether `BatchResize` antialiases
+    mean: tuple = None           # per RGB channel, in [0, 1] pixel units (`Normalize`); None: not normalised
+    std: tuple = None            # per RGB channel, positive; None with `mean`
+
+    def item_tfms(self):
+        "The validation loader's item transforms: `ItemResize` (centre crop) to `item_size`, to a tensor"
+        return [ItemResize(tuple(self.item_size)), ToTensor()]
+
+    def batch_tfms(self, device='cpu'):
+        "The validation loader's batch transforms: to floats, `BatchResize` to `size`, `Normalize` with `mean` and `std`"
+        res = [IntToFloatTensor(), BatchResize(self.size, mode=self.mode, antialias=self.antialias)]
+        if self.mean is not None: res.append(Normalize(*[tensor(s).view(1,-1,1,1).to(device) for s in (self.mean, self.std)]))
+        return res
+
+    @classmethod
+    def from_dls(cls, dls):
+        "The preprocessing of `dls`'s validation loader"
+        pick = lambda pipe, c: first(f for f in pipe.fs if isinstance(f, c))
+        ir,br,nm = pick(dls.valid.after_item, Resize),pick(dls.valid.after_batch, BatchResize),pick(dls.valid.after_batch, Normalize)
+        return cls(size=dls_size(dls) or 64, item_size=(ir.size[1], ir.size[0]) if ir is not None else (64, 64),   # Resize keeps (w, h)
+                   mode=br.mode if br is not None else 'bilinear', antialias=br.antialias if br is not None else True,
+                   mean=tuple(nm.mean.flatten().tolist()) if nm is not None else None,
+                   std=tuple(nm.std.flatten().tolist()) if nm is not None else None)
+
+    def to_json(self) -> dict:
+        "The preprocessing keys of model.json"
+        return dict(size=list(self.size) if isinstance(self.size, tuple) else self.size, item_size=list(self.item_size),
+                    resize=dict(mode=self.mode, antialias=self.antialias),
+                    stats=None if self.mean is None else [list(self.mean), list(self.std)])
+
+    @classmethod
+    def from_json(cls, d:dict, fname='model.json'):
+        "Check the preprocessing keys of model.json `d`: each problem is a `ModelFileError` naming `fname` and the field"
+        bad = lambda k, why, v: ModelFileError(f"{fname}: {k} {why}, got {_short(v)}")
+        size,item,rs,st = d['size'],d['item_size'],d.get('resize'),d['stats']
+        if not (_side(size) or isinstance(size, list) and len(size) == 2 and all(map(_side, size))):
+            raise bad('size', f"must be an integer from 8 to {MAX_SIZE} (px) or [h, w] of such", size)
+        if not (isinstance(item, list) and len(item) == 2 and all(map(_side, item))):
+            raise bad('item_size', f"must be [h, w], integers from 8 to {MAX_SIZE} (px)", item)
+        rs = {} if rs is None else rs
+        if not isinstance(rs, dict) or set(rs) - {'mode', 'antialias'}:
+            raise bad('resize', "must be an object with the keys mode and antialias only", rs)
+        mode,aa = rs.get('mode', 'bilinear'),rs.get('antialias', True)
+        if mode not in RESIZE_MODES: raise bad('resize.mode', f"must be one of {', '.join(RESIZE_MODES)}", mode)
+        if not isinstance(aa, bool): raise bad('resize.antialias', "must be true or false", aa)
+        num = lambda o: isinstance(o, (int, float)) and not isinstance(o, bool) and math.isfinite(o)
+        if st is not None and not (isinstance(st, list) and len(st) == 2 and
+                                   all(isinstance(s, list) and len(s) == 3 and all(map(num, s)) for s in st) and min(st[1]) > 0):
+            raise bad('stats', "must be [mean, std] with 3 finite numbers each (one per RGB channel), std positive, or null", st)
+        return cls(size=tuple(size) if isinstance(size, list) else size, item_size=tuple(item), mode=mode, antialias=aa,
+                   mean=None if st is None else tuple(map(float, st[0])), std=None if st is None else tuple(map(float, st[1])))
+
+_REQUIRED = ('format', 'arch', 'arch_kwargs', 'classes', 'size', 'item_size', 'stats', 'sha256')
+_KEYS = _REQUIRED + ('version', 'wnids', 'resize', 'data', 'tiny_fastai')
+
+@dataclass(frozen=True)
+class ModelInfo:
+    "The schema of model.json: what rebuilds a network and prepares its images without unpickling anything"
+    arch: str                   # a key of `ARCHS`: the network is `get_arch(arch)(n_out=len(classes))`
+    classes: tuple              # readable class names, unique, in the order of the outputs (2 to `MAX_CLASSES`)
+    pre: Preprocess             # the preprocessing of the validation loader
+    sha256: str = None          # hex SHA-256 of the model.safetensors it goes with: mandatory in a file, checked before loading
+    wnids: tuple = None         # the Tiny ImageNet id of each class (None, or None entries, where the data was not at hand)
+    data: str = None            # the data it was trained on: `evaluate`'s default
+    tiny_fastai: str = None     # the version of tiny_fastai that wrote it
+    @property
+    def n_out(self): return len(self.classes)
+
+    def to_json(self) -> str:
+        "The text of model.json (the preprocessing fields at the top level, as version 1 has them)"
+        d = dict(format=MODEL_FORMAT, version=1, arch=self.arch, arch_kwargs=dict(n_out=self.n_out), classes=list(self.classes),
+                 wnids=None if self.wnids is None else list(self.wnids), **self.pre.to_json(), data=self.data,
+                 tiny_fastai=self.tiny_fastai, sha256=self.sha256)
+        return json.dumps(d, indent=1, allow_nan=False) + '\n'
+
+    @classmethod
+    def from_json(cls, text, fname='model.json'):
+        "Parse and check the text of a model.json: every problem is a one-line `ModelFileError` naming `fname` and the field"
+        try: d = json.loads(text)
+        except RecursionError: raise ModelFileError(f"{fname} is not a model.json: its JSON is nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as e: raise ModelFileError(f"{fname} is not valid JSON ({_line(e, 120)})") from None
+        if not isinstance(d, dict): raise ModelFileError(f"{fname} holds a JSON {type(d).__name__}, not the object of a model.json")
+        missing,unknown = [k for k in _REQUIRED if k not in d],[k for k in d if k not in _KEYS]
+        if missing: raise ModelFileError(f"{fname} lacks {', '.join(missing)}: not a model.json written by `tiny-fastai train`")
+        if unknown: raise ModelFileError(f"{fname}: unknown field(s) {', '.join(_short(k, 30) for k in unknown[:5])}: "
+                                         "not a model.json this version of tiny_fastai reads")
+        bad = lambda k, why, v: ModelFileError(f"{fname}: {k} {why}, got {_short(v)}")
+        if d['format'] != MODEL_FORMAT: raise ModelFileError(f"{fname} is not a tiny_fastai model.json (format {_short(d['format'])})")
+        if d.get('version', 1) != 1: raise bad('version', "must be 1 (a newer tiny_fastai wrote it: upgrade)", d['version'])
+        if d['arch'] not in ARCHS: raise ModelFileError(f"{fname}: unknown arch {_short(d['arch'])}; known archs: {', '.join(ARCHS)}")
+        cs,ak = d['classes'],d['arch_kwargs']
+        if not (isinstance(cs, list) and 2 <= len(cs) <= MAX_CLASSES):
+            raise bad('classes', f"must be a list of 2 to {MAX_CLASSES:,} class names", cs)
+        c = first(c for c in cs if not (isinstance(c, str) and 0 < len(c) <= 200))
+        if c is not None: raise bad('classes', "must hold names of 1 to 200 characters", c)
+        if len(set(cs)) != len(cs):
+            raise bad('classes', "must name each output once (a duplicate name makes predictions ambiguous)", first(c for c in cs if cs.count(c) > 1))
+        if not isinstance(ak, dict) or set(ak) != {'n_out'}: raise bad('arch_kwargs', 'must be {"n_out": <number of classes>}', ak)
+        if not _int_in(ak['n_out'], 2, MAX_CLASSES): raise bad('arch_kwargs.n_out', f"must be an integer from 2 to {MAX_CLASSES:,}", ak['n_out'])
+        if ak['n_out'] != len(cs): raise ModelFileError(f"{fname} names {len(cs)} classes for a model with {ak['n_out']} outputs")
+        ws = d.get('wnids')
+        if ws is not None and not (isinstance(ws, list) and len(ws) == len(cs) and all(w is None or isinstance(w, str) and len(w) <= 64 for w in ws)):
+            raise bad('wnids', "must be null or a list of one id (a string, or null) per class", ws)
+        if not (isinstance(d['sha256'], str) and re.fullmatch(r'[0-9a-f]{64}', d['sha256'])):
+            raise bad('sha256', "must be the 64 hex digits of the SHA-256 of its model.safetensors", d['sha256'])
+        for k in ('data', 'tiny_fastai'):
+            if not (d.get(k) is None or isinstance(d[k], str) and len(d[k]) <= 4096): raise bad(k, "must be a string or null", d[k])
+        return cls(arch=d['arch'], classes=tuple(cs), pre=Preprocess.from_json(d, fname), sha256=d['sha256'],
+                   wnids=None if ws is None else tuple(ws), data=d.get('data'), tiny_fastai=d.get('tiny_fastai'))
 
 def _wnids(dls):
     "The wnid of each class of `dls` (from the `wnids.txt` of its data), or None where its data is not at hand"
     try: names = class_names(dls.path)
     except Exception: return None
     inv = {n:w for w,n in names.items()}
-    return [inv.get(c) for c in dls.vocab]
+    return tuple(inv.get(c) for c in dls.vocab)
 
-def model_info(learn) -> dict:
-    "What rebuilds and uses `learn`'s model without its pickle: architecture, classes and preprocessing (model.json)"
+def _version():
+    "This package's version, also when a folder named tiny_fastai in the current folder hides its `__init__`"
+    try: return getattr(tiny_fastai, '__version__', None) or importlib.metadata.version('tiny_fastai')
+    except importlib.metadata.PackageNotFoundError: return None
+
+def model_info(learn) -> ModelInfo:
+    "What rebuilds and uses `learn`'s model without its pickle: architecture, classes and preprocessing (model.json, without its sha256)"
     dls,arch = learn.dls,getattr(learn, 'arch', None)
     if arch is None: raise ValueError("model_info: the learner has no `arch`; build it with `tiny_learner`")
-    ir,br,nm = [_first_tfm(p, c) for p,c in ((dls.valid.after_item, Resize), (dls.valid.after_batch, BatchResize),
-                                              (dls.valid.after_batch, Normalize))]
-    return dict(format=MODEL_FORMAT, version=1, arch=arch, arch_kwargs=dict(n_out=len(dls.vocab)),
-                classes=[str(c) for c in dls.vocab], wnids=_wnids(dls), size=dls_size(dls),
-                item_size=[ir.size[1], ir.size[0]] if ir is not None else None,   # Resize keeps (w, h)
-                resize=dict(mode=br.mode, antialias=br.antialias) if br is not None else None,
-                stats=[nm.mean.flatten().tolist(), nm.std.flatten().tolist()] if nm is not None else None,
-                data=str(dls.path), tiny_fastai=tiny_fastai.__version__)
+    return ModelInfo(arch=arch, classes=tuple(str(c) for c in dls.vocab), pre=Preprocess.from_dls(dls), wnids=_wnids(dls),
+                     data=str(dls.path), tiny_fastai=_version())
+
+# %% ../nbs/14_infer.ipynb #a9b41058
+_ST_DTYPES = {torch.float64:'F64', torch.float32:'F32', torch.float16:'F16', torch.bfloat16:'BF16', torch.int64:'I64',
+              torch.int32:'I32', torch.int16:'I16', torch.int8:'I8', torch.uint8:'U8', torch.bool:'BOOL'}
+_ST_FLOATS = ('F64', 'F32', 'F16', 'BF16')
+
+def save_safetensors(sd:dict, fname, metadata:dict=None):
+    "Write the tensors `sd` to `fname` as safetensors, byte-identical for identical tensors (names and header keys sorted)"
+    hdr,off,ts = {},0,[]
+    if metadata: hdr['__metadata__'] = {str(k): str(v) for k,v in metadata.items()}
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        n = t.numel()*t.element_size()
+        hdr[k],off = dict(dtype=_ST_DTYPES[t.dtype], shape=list(t.shape), data_offsets=[off, off+n]),off+n
+        ts.append(t)
+    h = json.dumps(hdr, sort_keys=True, separators=(',', ':')).encode()
+    h += b' '*(-len(h) % 8)   # the data starts 8-byte aligned, as safetensors writes it
+    with open(fname, 'wb') as f:   # `open`: the user's umask decides who may read it
+        f.write(struct.pack('<Q', len(h)) + h)
+        for t in ts: f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 def _sha256(fname):
     h = hashlib.sha256()
@@ -110,38 +257,33 @@ def _sha256(fname):
 
 @rank0_only
 def export_model(learn, fname='model.safetensors'):
-    "Write `learn`'s weights to `fname` (safetensors: no code) and `model_info` beside it as .json, both atomically"
+    "Write `learn`'s weights to `fname` (safetensors: no code) and its `ModelInfo` beside it as .json, both atomically"
     fname = Path(fname).absolute()
     info = model_info(learn)
-    sd = {k: v.detach().cpu().contiguous() for k,v in get_model(learn.model).state_dict().items()}
     with atomic_file(fname) as tmp:
-        save_file(sd, tmp, metadata=dict(format='pt', arch=info['arch']))
-        info['sha256'] = _sha256(tmp)   # model.json names the weights it goes with
-    with atomic_file(fname.with_suffix('.json')) as tmp: tmp.write_text(json.dumps(info, indent=1) + '\n')
+        save_safetensors(get_model(learn.model).state_dict(), tmp, metadata=dict(format='pt', arch=info.arch))
+        info = dataclasses.replace(info, sha256=_sha256(tmp))   # model.json names the weights it goes with
+    text = info.to_json()
+    ModelInfo.from_json(text, fname.with_suffix('.json'))   # never write a model.json that `load_safetensors` refuses
+    with atomic_file(fname.with_suffix('.json')) as tmp: tmp.write_text(text)
     return fname
 
 # %% ../nbs/14_infer.ipynb #0e9f39ff
 class TinyModel:
     "A network rebuilt from model.json + model.safetensors, with its classes and the preprocessing it was trained with"
-    def __init__(self, model, info, fname): store_attr()
+    def __init__(self, model, info:ModelInfo, fname): store_attr()
     @property
-    def vocab(self): return self.info['classes']
+    def vocab(self): return list(self.info.classes)
     @property
-    def size(self): return self.info['size']
-    def item_tfms(self):
-        "What `tiny_dls` does to each validation image: `ItemResize` (centre crop) to the item size, to a tensor"
-        return [ItemResize(tuple(self.info.get('item_size') or (64,64))), ToTensor()]
-    def batch_tfms(self, device='cpu'):
-        "What `tiny_dls` does to each validation batch: to floats, `BatchResize` to the last training size, `Normalize`"
-        res = [IntToFloatTensor(), BatchResize(self.size or 64, **(self.info.get('resize') or {}))]
-        if self.info.get('stats'): res.append(Normalize(*[tensor(s).view(1,-1,1,1).to(device) for s in self.info['stats']]))
-        return res
+    def size(self): return self.info.pre.size
+    def item_tfms(self): return self.info.pre.item_tfms()
+    def batch_tfms(self, device='cpu'): return self.info.pre.batch_tfms(device)
     def learner(self, dls) -> Learner:
         "A plain `Learner` of this network on `dls` (for `evaluate`: same softmax outputs as the exported learner's)"
         return Learner(dls, self.model.to(getattr(dls, 'device', None) or 'cpu'), loss_func=CrossEntropyLossFlat(), metrics=[top1, top5])
-    def __repr__(self): return f"{type(self).__name__}({self.info['arch']}, {len(self.vocab)} classes, {self.size}px, {self.fname})"
+    def __repr__(self): return f"{type(self).__name__}({self.info.arch}, {len(self.vocab)} classes, {self.size}px, {self.fname})"
 
-_INFO_KEYS = ('format', 'arch', 'arch_kwargs', 'classes', 'size', 'item_size', 'stats')
+def _is_url(s): return re.match(r'[a-zA-Z][a-zA-Z0-9+.-]*://', str(s)) is not None
 
 def model_pair(fname) -> tuple:
     "(weights, json) for a run folder, its model.safetensors or its model.json"
@@ -153,50 +295,63 @@ def model_pair(fname) -> tuple:
         p = p/'model.safetensors'
     return (p.with_suffix('.safetensors'),p) if p.suffix == '.json' else (p,p.with_suffix('.json'))
 
-def read_model_info(fname) -> dict:
-    "The model.json at `fname`, checked, with a one-line `ModelFileError` naming it when it is missing or not one"
+def read_model_info(fname) -> ModelInfo:
+    "The model.json at `fname` as a `ModelInfo` (checked, and at most `MAX_INFO_BYTES` read), or a one-line `ModelFileError` naming it"
     f = Path(fname)
     if not f.is_file(): raise ModelFileError(f"{f} is missing: the weights need the model.json `tiny-fastai train` writes beside them")
-    try: info = json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise ModelFileError(f"{f} is not valid JSON ({_line(e, 120)})") from None
-    if not isinstance(info, dict): raise ModelFileError(f"{f} holds a JSON {type(info).__name__}, not the object of a model.json")
-    missing = [k for k in _INFO_KEYS if k not in info]
-    if missing: raise ModelFileError(f"{f} lacks {', '.join(missing)}: not a model.json written by `tiny-fastai train`")
-    if info['format'] != MODEL_FORMAT: raise ModelFileError(f"{f} is not a tiny_fastai model.json (format {info['format']!r})")
-    if not isinstance(info['classes'], list) or not isinstance(info['arch_kwargs'], dict):
-        raise ModelFileError(f"{f}: classes must be a list and arch_kwargs an object")
-    return info
+    if f.stat().st_size > MAX_INFO_BYTES:
+        raise ModelFileError(f"{f} is {f.stat().st_size:,} bytes, more than a model.json can be ({MAX_INFO_BYTES:,}): not one tiny_fastai wrote")
+    return ModelInfo.from_json(f.read_bytes(), f)
 
-def _fit_weights(model, sd, f, info):
-    "Refuse weights `sd` from `f` that are not exactly the tensors of `model`, in one line"
-    own = model.state_dict()
-    miss,extra = [k for k in own if k not in sd],[k for k in sd if k not in own]
-    shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if not (miss or extra or shape): return
-    n = lambda ks: ', '.join(ks[:3]) + (f" (+{len(ks)-3} more)" if len(ks) > 3 else '')
+def safetensors_header(fname) -> dict:
+    "name -> (dtype, shape) of the tensors in safetensors file `fname`, from its header alone (no tensor is read)"
+    f,size = Path(fname),Path(fname).stat().st_size
+    with open(f, 'rb') as o:
+        b = o.read(8)
+        n = struct.unpack('<Q', b)[0] if len(b) == 8 else -1
+        if not 2 <= n <= min(size-8, MAX_INFO_BYTES): raise ModelFileError(f"{f} is not a safetensors file (no valid header)")
+        try: hdr = json.loads(o.read(n))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e: raise ModelFileError(f"{f} is not a safetensors file ({_line(e, 120)})") from None
+    ok = lambda v: (isinstance(v, dict) and isinstance(v.get('dtype'), str) and isinstance(v.get('shape'), list)
+                    and all(_int_in(s, 0, 2**40) for s in v['shape']))
+    if not isinstance(hdr, dict) or not all(ok(v) for k,v in hdr.items() if k != '__metadata__'):
+        raise ModelFileError(f"{f} is not a safetensors file (its header does not describe tensors)")
+    return {k: (v['dtype'], tuple(v['shape'])) for k,v in hdr.items() if k != '__metadata__'}
+
+def _fit_weights(own, hdr, f, info):
+    "Refuse the tensors `hdr` (`safetensors_header`) of `f` unless they are exactly the tensors `own` of the model, in one line"
+    miss,extra = [k for k in own if k not in hdr],[k for k in hdr if k not in own]
+    shape = [k for k in own if k in hdr and hdr[k][1] != tuple(own[k].shape)]
+    dtype = [k for k in own if k in hdr and (hdr[k][0] not in _ST_FLOATS if own[k].is_floating_point() else hdr[k][0] != _ST_DTYPES[own[k].dtype])]
+    if not (miss or extra or shape or dtype): return
+    n = lambda ks: ', '.join(map(safe_text, ks[:3])) + (f" (+{len(ks)-3} more)" if len(ks) > 3 else '')
     why = ([f"missing {n(miss)}"] if miss else []) + ([f"unexpected {n(extra)}"] if extra else []) + \
-          [f"{k} is {tuple(sd[k].shape)}, not {tuple(own[k].shape)}" for k in shape[:1]]
-    raise ModelFileError(f"{f} does not hold the weights of arch {info['arch']!r} with {len(info['classes'])} classes: " + '; '.join(why))
+          [f"{k} is {hdr[k][1]}, not {tuple(own[k].shape)}" for k in shape[:1]] + \
+          [f"{k} is {safe_text(hdr[k][0])}, not a float tensor" if own[k].is_floating_point() else f"{k} is {safe_text(hdr[k][0])}, not {_ST_DTYPES[own[k].dtype]}"
+           for k in dtype[:1]]
+    raise ModelFileError(f"{f} does not hold the weights of arch {info.arch!r} with {info.n_out} classes: " + '; '.join(why))
 
 def load_safetensors(fname, cpu:bool=True) -> TinyModel:
     "Rebuild the model of a run folder, model.safetensors or model.json from the pair, without unpickling anything"
     st,js = model_pair(fname)
     if not st.is_file(): raise ModelFileError(f"model file {st} does not exist")
-    info = read_model_info(js)
-    if info.get('sha256') and info['sha256'] != _sha256(st):
+    info = read_model_info(js)   # the schema: nothing is built from a model.json before it is checked
+    if info.sha256 != _sha256(st):
         raise ModelFileError(f"{js} was written for other weights than {st} (their sha256 differs): keep the two files of one run together")
-    try: model = get_arch(info['arch'])(**info['arch_kwargs'])
-    except (ValueError, TypeError) as e: raise ModelFileError(f"{js}: cannot build the model ({_line(e)})") from None
+    with torch.device('meta'): own = get_arch(info.arch)(n_out=info.n_out).state_dict()   # shapes and dtypes, no memory
+    _fit_weights(own, safetensors_header(st), st, info)   # so the network is no larger than the file
     try: sd = load_file(st)
     except (SafetensorError, OSError, ValueError) as e: raise ModelFileError(f"{st} is not a safetensors file ({_line(e)})") from None
-    _fit_weights(model, sd, st, info)
-    if len(info['classes']) != info['arch_kwargs'].get('n_out', len(info['classes'])):
-        raise ModelFileError(f"{js} names {len(info['classes'])} classes for a model with {info['arch_kwargs']['n_out']} outputs")
+    nan = first(k for k,v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if nan is not None: raise ModelFileError(f"{st}: tensor {safe_text(nan)} holds NaN or infinite values: the model cannot predict")
+    model = get_arch(info.arch)(n_out=info.n_out)
     model.load_state_dict(sd)
     return TinyModel(model.to('cpu' if cpu else default_device()).eval(), info, st)
 
 def load_model(fname, cpu:bool=True):
     "The model of a run folder or model.safetensors/model.json (no pickle); a model.pkl only when named (a pickle: it runs code)"
+    if str(fname) == '': raise ModelFileError("the model path is empty: give a run folder, its model.safetensors or model.json, or a model.pkl")
+    if _is_url(fname): raise ModelFileError(f"{safe_text(fname)}: URLs are not supported; download the model files and give their folder")
     p = Path(fname)
     if p.suffix == '.pkl': return load_model_file(p, cpu=cpu)
     if p.is_dir() or p.suffix in ('.safetensors', '.json'): return load_safetensors(p, cpu=cpu)
@@ -206,6 +361,8 @@ def load_model(fname, cpu:bool=True):
 # %% ../nbs/14_infer.ipynb #3eceb047
 def open_image_file(fn) -> PILImage:
     "Open `fn` as an RGB `PILImage`, with a clear `ImageFileError` if it is missing, empty or not an image"
+    if str(fn) == '': raise ImageFileError("an image path is empty: give an image file")
+    if _is_url(fn): raise ImageFileError(f"{safe_text(fn)}: URLs are not supported; download the image and give the file")
     p = Path(fn)
     if not p.exists(): raise ImageFileError(f"image {p} does not exist")
     if p.is_dir(): raise ImageFileError(f"image {p} is a folder, not a file")
@@ -231,6 +388,9 @@ def iter_predictions(model, files, k:int=5, bs:int=64):
         x = torch.stack([compose_tfms(open_image_file(f), item_tfms, split_idx=1) for f in fs])   # only item-size tensors kept
         x = compose_tfms(TensorImage(x.to(dev)), batch_tfms, split_idx=1)
         with torch.inference_mode(): probs = act(net(x)).float().cpu()
+        if not torch.isfinite(probs).all():   # no `nan%`, and --json stays valid JSON
+            raise ModelFileError(f"the model gives NaN or infinite probabilities for {fs[int((~torch.isfinite(probs)).any(1).nonzero()[0])]}: "
+                                 "its weights are broken; train or export it again")
         vals,idxs = probs.topk(min(k, probs.shape[1]), dim=1)
         for f,vs,ix in zip(fs, vals.tolist(), idxs.tolist()): yield dict(file=str(f), top=[(vocab[i], v) for v,i in zip(vs, ix)])
 

@@ -211,10 +211,16 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
 # %% ../nbs/15_recipe.ipynb #d2b0e008
 def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True, seed:int=42, out=None) -> dict:
     "Top-1/top-5 (plain and with `tta`) of the model in `model` (see `load_model`) on the val set of `data` (default: its own)"
+    if str(data) == '': raise PlanError("--data is empty: give a Tiny ImageNet folder, archive or URL (leave it out for the model's own)")
+    if out is not False:   # where the pictures and results go is checked before anything is computed
+        out = Path(ifnone(out, RunDir(Path(model) if Path(model).is_dir() else Path(model).parent).evaluate))
+        if out.is_symlink(): raise PlanError(f"{out} is a symbolic link: evaluate does not write through links (in a shared folder "
+                                             "one can point anywhere); remove it, or choose another folder with --out")
+        check_out(out)
     m = load_model(model, cpu=not on_cuda())
     learn = m if isinstance(m, Learner) else None   # a pickled learner, or a `TinyModel` rebuilt from safetensors
     if data is None:   # a model knows the data it was trained on
-        data = Path(learn.dls.path if learn is not None else m.info.get('data') or '.')
+        data = Path(learn.dls.path if learn is not None else m.info.data or '.')
         if not (data/'wnids.txt').exists():
             raise PlanError(f"{model} was trained on {data}, which is not on this machine: give the data (--data)")
     path = get_tiny_imagenet(data)
@@ -227,7 +233,7 @@ def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True,
     ev = evaluate(learn, tta=tta, with_preds=out is not False)
     res = dict({k: v for k,v in ev.items() if k not in ('preds', 'targs', 'dl')}, size=size)
     if out is not False:   # the pictures and the results beside the model (or in `out`)
-        out = Path(ifnone(out, RunDir(Path(model) if Path(model).is_dir() else Path(model).parent).evaluate)); out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         res['most_confused'] = write_interpretation(learn, ev, out)
         atomic_save(json.dumps(finite(dict(res, model=str(model), data=str(path))), indent=1) + '\n', out/'evaluate.json', text=True)
         res['out'] = str(out)
