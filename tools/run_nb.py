@@ -25,7 +25,7 @@ def run(path):
     os.chdir(path.parent)
     try:
         sh = CaptureShell()
-        sh.run('import tiny_fastai')   # as an installed package would be: it silences fastai's import-time warnings
+        sh.run('import tiny_fastai.core')   # as the package's modules do: it silences fastai's import-time warnings
         for c in nb.cells:
             if c.cell_type != 'code' or '#| eval: false' in c.source or '#| slow' in c.source: continue
             sh.cell(c)
