@@ -63,4 +63,4 @@ def test_budget_stages_keeps_proportions_and_fits():
     # a small budget: at least one epoch per stage; a huge one: at most the rules' 500 epochs
     assert [s.epochs for s in budget_stages(stages, [1., 1.], [0., 0.], 2.5)] == [1, 1]
     assert sum(s.epochs for s in budget_stages(stages, [1e-3, 1e-3], [0., 0.], 1e6)) <= MAX_EPOCHS
-    with pytest.raises(PlanError, match='cannot fit one epoch per stage'): budget_stages(stages, [10., 10.], [1., 1.], 15)
+    with pytest.raises(PlanError, match='one epoch per stage needs'): budget_stages(stages, [10., 10.], [1., 1.], 15)

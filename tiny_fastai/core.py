@@ -15,8 +15,8 @@ with warnings.catch_warnings():
 from fastai.vision.all import *
 
 # %% auto #0
-__all__ = ['world_size', 'is_distributed', 'is_rank0', 'local_rank', 'rank0_only', 'rank0_print', 'seed_everything', 'get_device',
-           'on_cuda', 'device_name', 'cpu_cores', 'cpu_setup', 'PlanError']
+__all__ = ['world_size', 'is_distributed', 'is_rank0', 'local_rank', 'rank0_only', 'rank0_print', 'get_device', 'on_cuda',
+           'device_name', 'seed_everything', 'cpu_cores', 'cpu_setup', 'PlanError']
 
 # %% ../nbs/00_core.ipynb #cf5f7f22
 def world_size() -> int:
@@ -45,14 +45,6 @@ def rank0_print(*args, **kwargs):
     "`print` on rank 0 only, flushed (the progress messages of a run, once and at once)"
     if is_rank0(): print(*args, flush=True, **kwargs)
 
-# %% ../nbs/00_core.ipynb #9e632e7e
-def seed_everything(seed:int, device=None, deterministic:bool=False) -> int:
-    "Seed Python, NumPy and PyTorch with `seed`: bit for bit on the CPU, and on a GPU when `deterministic` (else cuDNN's autotuner)"
-    device = get_device(device)
-    set_seed(seed, reproducible=deterministic or device.type == 'cpu')
-    if device.type == 'cuda' and not deterministic: torch.backends.cudnn.benchmark = True
-    return seed
-
 # %% ../nbs/00_core.ipynb #decf7686
 def get_device(device=None) -> torch.device:
     "`device` as a `torch.device`, or fastai's default device (a GPU if there is one) when it is None"
@@ -67,6 +59,14 @@ def device_name(device=None) -> str:
     dev = get_device(device)
     if dev.type == 'cuda': return f"{dev} ({torch.cuda.get_device_name(dev)})"
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} torch thread(s))"
+
+# %% ../nbs/00_core.ipynb #9e632e7e
+def seed_everything(seed:int, device=None, deterministic:bool=False) -> int:
+    "Seed Python, NumPy and PyTorch with `seed`: bit for bit on the CPU, and on a GPU when `deterministic` (else cuDNN's autotuner)"
+    device = get_device(device)
+    set_seed(seed, reproducible=deterministic or device.type == 'cpu')
+    if device.type == 'cuda' and not deterministic: torch.backends.cudnn.benchmark = True
+    return seed
 
 # %% ../nbs/00_core.ipynb #fb02f756
 def cpu_cores() -> int:

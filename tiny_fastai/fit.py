@@ -199,8 +199,8 @@ def budget_stages(stages, epoch_s, valid_s, budget_s:float, max_epochs:int=MAX_E
     def plan(k): return [max(1, round(k*s.epochs)) for s in stages]
     def cost(k): return sum(n*t for n,t in zip(plan(k), epoch_s)) + fixed
     if cost(0) > budget_s:
-        raise PlanError(f"a budget of {budget_s:.0f} s cannot fit one epoch per stage ({cost(0):.0f} s): give a larger --budget "
-                        f"or fewer stages (--sizes)")
+        raise PlanError(f"{budget_s:.0f} s are left for training, and one epoch per stage needs {cost(0):.0f} s: give a larger "
+                        f"--budget or fewer stages (--sizes)")
     lo,hi = 0.,1.
     while cost(hi) <= budget_s and sum(plan(hi)) < max_epochs: lo,hi = hi,2*hi
     for _ in range(50):
@@ -220,7 +220,10 @@ def fit_budget(learn, stages, budget_s:float, after_s=0., valid_every:int=None) 
     if valid_every: epoch_s = [e + v/valid_every for e,v in zip(epoch_s, valid_s)]
     after = after_s(timed) if callable(after_s) else after_s
     left = budget_s - (time.monotonic() - t0) - after
-    plan = budget_stages(stages, epoch_s, valid_s, left)
+    try: plan = budget_stages(stages, epoch_s, valid_s, left)
+    except PlanError as e:
+        raise PlanError(f"the budget is too small: of {budget_s:.0f} s left when training was to start, timing the loop took "
+                        f"{time.monotonic()-t0:.0f} s and {after:.0f} s are kept for the evaluation and export; {e}") from None
     est = sum(s.epochs*e + v for s,e,v in zip(plan, epoch_s, valid_s))
     info = dict(budget_s=round(budget_s, 1), timing_s=round(time.monotonic()-t0, 1), after_s=round(after, 1),
                 train_s_left=round(left, 1), train_s_planned=round(est, 1), epochs=[s.epochs for s in plan],
