@@ -64,3 +64,12 @@ def test_budget_stages_keeps_proportions_and_fits():
     assert [s.epochs for s in budget_stages(stages, [1., 1.], [0., 0.], 2.5)] == [1, 1]
     assert sum(s.epochs for s in budget_stages(stages, [1e-3, 1e-3], [0., 0.], 1e6)) <= MAX_EPOCHS
     with pytest.raises(PlanError, match='one epoch per stage needs'): budget_stages(stages, [10., 10.], [1., 1.], 15)
+
+
+def test_recipe_switches_off_with_zero_and_none():
+    "ema 0 and mix 'none' turn a preset's EMA and mixing off (None as an override keeps the preset's)"
+    r = resolve_plan('full', ema=0, mix='none')
+    assert r.ema is None and r.mix is None
+    assert resolve_plan('full', ema=None, mix=None).mix == 'mixcut'
+    assert resolve_plan('sprint', test_size=72).test_size == 72
+    with pytest.raises(PlanError, match='size must be an integer >= 8'): Recipe(test_size=4)

@@ -100,3 +100,22 @@ def test_budgeted_fit_chooses_epochs_validates_at_stage_ends_and_resumes_its_pla
     learn2 = tiny_learner(_dls(data), 'tiny', path=tmp_path)
     progressive_fit(learn2, [(16, 1, 2e-3), (32, 2, 2e-3)], sched='one', budget=40, config=dict(budget_s=40))
     assert learn2.run_progress.stages == p.stages and learn2.run_progress.epochs_this_run == 0
+
+
+def test_recalibrate_bn_changes_statistics_not_weights(data, tmp_path):
+    from tiny_fastai.evaluate import recalibrate_bn
+    learn = tiny_learner(_dls(data), 'tiny', path=tmp_path)
+    learn.fit(1, 1e-3)
+    bn = [m for m in learn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    w = {k: v.clone() for k, v in learn.model.state_dict().items() if 'running' not in k and 'num_batches' not in k}
+    before = bn[0].running_mean.clone()
+    n = recalibrate_bn(learn, 48, n_batches=2)
+    assert n == 32 and not torch.equal(before, bn[0].running_mean) and bn[0].momentum == 0.1
+    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in w.items())
+
+
+def test_train_recipe_tests_at_another_size(data, tmp_path):
+    from tiny_fastai.recipe import train_recipe
+    res = train_recipe('demo', out=tmp_path, data=data, sizes=[16, 24], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False, test_size=32)
+    assert res.test_size == 32 and 0 <= res.top1 <= 1
+    assert json.loads((tmp_path/'model.json').read_text())['size'] == 32   # predict uses the size it was tested at

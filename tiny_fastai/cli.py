@@ -63,6 +63,10 @@ def get_parser() -> argparse.ArgumentParser:
     t.add_argument('--no-tta', action='store_true', help="skip the test-time-augmentation evaluation")
     t.add_argument('--tta', choices=['flip', 'aug'], help="test-time augmentation: flip (mirror images) or aug (fastai's tta with the training augmentation); default: the preset's")
     t.add_argument('--sched', choices=['one', 'stages'], help="one: one cycle across all stages (one peak learning rate); stages: a cycle per stage (a rate each); default: the preset's")
+    t.add_argument('--mix', choices=['none', 'mixup', 'cutmix', 'mixcut'], help="MixUp/CutMix: none, mixup, cutmix or mixcut (one of the two per batch); default: the preset's")
+    t.add_argument('--ema', help="decay per step of an average of the weights that is evaluated and exported (e.g. 0.9998; 0: none); default: the preset's")
+    t.add_argument('--ls', help="label smoothing (e.g. 0.1; 0: plain cross-entropy); default: the preset's")
+    t.add_argument('--test-size', help="evaluate at this size in px after re-estimating batch norm there (FixRes); default: the last stage's")
     t.add_argument('--budget', help="the whole command ends within this time (e.g. 60s, 9m, 1h): the preset's epochs are scaled to fit, from timing the loop; the schedule anneals to its end")
     t.add_argument('--valid-every', help="validate every N epochs (and at each stage's end); default: every epoch, or with --budget only at each stage's end")
     t.add_argument('--deterministic', action='store_true', help="bit-for-bit reproducible on a GPU (cuDNN deterministic, no autotuner; slower)")
@@ -96,6 +100,11 @@ def _int(s, opt, lo=None):
     if lo is not None and v < lo: raise CliError(f"{opt} must be at least {lo}, got {v}")
     return v
 
+def _float(s, opt):
+    if s is None: return None
+    try: return float(s)
+    except ValueError: raise CliError(f"{opt}: {s!r} is not a number") from None
+
 def _train(a):
     bs,out,data = _int(a.bs, '--bs'),_path(a.out, '--out'),_path(a.data, '--data')
     from tiny_fastai.recipe import train_recipe, results_table
@@ -106,7 +115,8 @@ def _train(a):
                        seed=_int(a.seed, '--seed'), restart=a.restart, num_workers=_int(a.workers, '--workers', 0),
                        skip_bad=a.skip_bad, device=torch.device('cpu') if a.cpu else None,
                        tta=False if a.no_tta else (a.tta or True), deterministic=a.deterministic, compile=a.compile,
-                       sched=a.sched, budget=a.budget, valid_every=_int(a.valid_every, 'valid-every', 1), started=_STARTED, cli=True)
+                       sched=a.sched, budget=a.budget, valid_every=_int(a.valid_every, '--valid-every', 1),
+                       mix=a.mix, ema=_float(a.ema, '--ema'), ls=_float(a.ls, '--ls'), test_size=_int(a.test_size, '--test-size', 8), started=_STARTED, cli=True)
     if is_rank0():
         out = Path(out if out is not None else Path('runs')/a.preset)
         print('\n' + results_table(res))

@@ -15,7 +15,7 @@ from .callbacks import HFlip
 from .learner import top1, top5
 
 # %% auto #0
-__all__ = ['evaluate', 'TinyInterpretation', 'write_interpretation', 'plot_history']
+__all__ = ['evaluate', 'recalibrate_bn', 'TinyInterpretation', 'write_interpretation', 'plot_history']
 
 # %% ../nbs/13_evaluate.ipynb #5165b293
 def evaluate(learn, size=None, tta='aug', n:int=4, dl=None, with_preds:bool=False) -> dict:
@@ -33,6 +33,24 @@ def evaluate(learn, size=None, tta='aug', n:int=4, dl=None, with_preds:bool=Fals
         if tta: res.update(top1_tta=top1(tp, tt).item(), top5_tta=top5(tp, tt).item())
     if with_preds: res.update(preds=preds, targs=targs, dl=dl)   # the plain predictions, for an interpretation
     return res
+
+# %% ../nbs/13_evaluate.ipynb #fde1b991
+def recalibrate_bn(learn, size:int, n_batches:int=50) -> int:
+    "Re-estimate `learn.model`'s batch-norm statistics on training batches of `size` px (FixRes); returns the images used"
+    bns = [m for m in learn.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    moms,n = [m.momentum for m in bns],0
+    for m in bns: m.reset_running_stats(); m.momentum = None   # a cumulative average, not an exponential one
+    model,train = learn.model,learn.model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            for i,(xb,*_) in enumerate(resize_dls(learn.dls, size).train):
+                if i >= n_batches: break
+                model.forward(xb.as_subclass(Tensor)); n += len(xb)   # `forward`: not a compiled graph of its own
+    finally:
+        for m,mo in zip(bns, moms): m.momentum = mo
+        model.train(train)
+    return n
 
 # %% ../nbs/13_evaluate.ipynb #16a5e86e
 class TinyInterpretation(ClassificationInterpretation):

@@ -142,21 +142,25 @@ class Recipe:
     lr_find_it: int = 100       # lr_find iterations, for stages whose lr is None
     ls: float = 0.1             # label smoothing (0: plain cross-entropy)
     mix: str = None             # None, 'mixup', 'cutmix', or 'mixcut' (MixUp or CutMix on each batch)
-    ema: float = None           # decay per step of an EMA of the weights, which is validated and exported (None: off)
+    ema: float = None           # decay per step of an EMA of the weights, which is validated and exported (None or 0: off)
     aug: float = 1.0            # strength of the imgaug pipeline (0: none)
     cache: bool = True          # serve batches from the uint8 array cache (`FastDL`)
     compile: bool = False       # torch.compile the model (on a GPU only)
     tta: str = 'aug'            # test-time augmentation of the final score: 'flip', 'aug' or None
     tta_n: int = 4              # passes of 'aug' TTA
+    test_size: int = None       # px of the final evaluation (None: the last stage's); another size re-estimates batch norm there first (FixRes)
     data: str = URL_TINY        # the data it trains on by default (None: the bundled sample)
 
     def __post_init__(self):
         object.__setattr__(self, 'stages', tuple(check_plan(self.stages)))
         object.__setattr__(self, 'bs', check_bs(self.bs))
-        check_arch(self.arch); check_opt(self.opt); check_mix(self.mix); check_sched(self.sched); check_lrs(self.lrs, self.sched)
+        if self.ema == 0: object.__setattr__(self, 'ema', None)
+        object.__setattr__(self, 'mix', check_mix(self.mix))
+        check_arch(self.arch); check_opt(self.opt); check_sched(self.sched); check_lrs(self.lrs, self.sched)
         object.__setattr__(self, 'tta', check_tta(self.tta))
         if not 0 <= self.pct_start < 1: raise PlanError(f"pct_start must be in [0, 1), got {self.pct_start!r}")
-        if self.ema is not None and not 0 < self.ema < 1: raise PlanError(f"ema must be a decay in (0, 1), got {self.ema!r}")
+        if self.ema is not None and not 0 < self.ema < 1: raise PlanError(f"ema must be a decay in (0, 1) (0: none), got {self.ema!r}")
+        if self.test_size is not None: check_stage(self.test_size, 1, i='of the test size')
 
     @property
     def sizes(self) -> list: return [s.size for s in self.stages]

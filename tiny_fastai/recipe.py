@@ -11,14 +11,14 @@ from dataclasses import dataclass, field, fields, asdict
 import tiny_fastai
 from .files import RunDir, atomic_save, check_out, lock_run, clean_leftovers
 from .data import sample_path, get_tiny_imagenet
-from .loaders import tiny_dls, dls_size
+from .loaders import tiny_dls, dls_size, resize_dls
 from .models import get_arch
 from .distrib import init_distrib, distrib_training, rank0_first, local_bs, no_gather
 from .plan import PlanError, Recipe, resolve_plan, check_seed, check_tta, check_budget
 from .callbacks import apply_ema
 from .learner import tiny_learner
 from .fit import progressive_fit
-from .evaluate import evaluate, write_interpretation, plot_history
+from .evaluate import evaluate, recalibrate_bn, write_interpretation, plot_history
 from .infer import export_learner, export_model, load_model, check_vocab
 
 # %% auto #0
@@ -78,6 +78,7 @@ class Results:
     top5_tta: float = None      # top-5 with it
     tta: str = None             # 'flip', 'aug' or None
     tta_n: int = 0              # passes of 'aug' TTA (0 otherwise)
+    test_size: int = None       # px of the evaluation (with re-estimated batch norm when it is not the last stage's)
     stages: list = field(default_factory=list)   # [{size, epochs, lr}] as trained: lr as given or as lr_find chose it
     epochs: int = 0             # epochs of the plan
     sched: str = None           # 'one' (one cycle across the stages) or 'stages'
@@ -140,10 +141,11 @@ def results_table(res:Results) -> str:
 
 POST_S = 3.0   # s: export, pictures and results.json after the evaluation (measured 1.5-2.5 s for the demo on a 2-core CPU)
 
-def after_training_s(timed:dict, n_valid_batches:int, tta, tta_n:int=4) -> float:
+def after_training_s(timed:dict, n_valid_batches:int, tta, tta_n:int=4, test_size:int=None) -> float:
     "Seconds a run needs after its last epoch: the evaluation with `tta` at the last size (from `time_steps`'s `timed`), and `POST_S`"
     passes = 1 + {None: 0, 'flip': 1, 'aug': 1.5*tta_n}[tta]   # 'aug' runs the training augmentation over the val set
-    return passes*n_valid_batches*timed['valid_batch_s'] + POST_S
+    scale = ((test_size or timed['size'])/timed['size'])**2 * (1 + (test_size is not None and test_size != timed['size']))   # + FixRes's estimate
+    return passes*scale*n_valid_batches*timed['valid_batch_s'] + POST_S
 
 def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None, sizes=None, lrs=None, bs=None,
                  seed:int=42, restart:bool=False, num_workers:int=None, skip_bad:bool=False, device=None, tta=True,
@@ -181,16 +183,20 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
         progressive_fit(learn, r.stages, config=config, pct_start=r.pct_start, sched=r.sched,
                         lr_find_kw=dict(num_it=r.lr_find_it), restart_hint='--restart' if cli else 'restart=True',
                         budget=budget and budget - (time.time() - started), valid_every=valid_every,
-                        after_s=lambda timed: after_training_s(timed[r.sizes[-1]], len(dls.valid), tta, r.tta_n))
+                        after_s=lambda timed: after_training_s(timed[r.sizes[-1]], len(dls.valid), tta, r.tta_n, r.test_size))
     p = learn.run_progress
     if p.epochs_this_run == 0 and rd.results.exists():   # a finished run run again changes nothing
         rank0_print(f"{out} holds a finished run: its results.json and model.pkl are kept as they are")
         return Results.from_json(rd.results.read_text(), rd.results)
     apply_ema(learn)   # evaluate and export the averaged weights
-    rank0_print("evaluating on the val set" + (f" (with {tta} TTA)" if tta else ""))
-    ev = evaluate(learn, size=r.sizes[-1], tta=tta, n=r.tta_n, with_preds=True)
+    test_size = r.test_size or p.stages[-1].size
+    if test_size != p.stages[-1].size:   # FixRes: batch-norm statistics of the test size, then the model is used at it
+        rank0_print(f"re-estimating batch norm at {test_size} px on {recalibrate_bn(learn, test_size):,} training images")
+        learn.dls = resize_dls(learn.dls, test_size)
+    rank0_print("evaluating on the val set" + (f" at {test_size} px" if test_size != p.stages[-1].size else "") + (f" (with {tta} TTA)" if tta else ""))
+    ev = evaluate(learn, size=test_size, tta=tta, n=r.tta_n, with_preds=True)
     res = Results(preset, r.arch, learn.rules['params'], ev['top1'], ev['top5'], ev.get('top1_tta'), ev.get('top5_tta'),
-                  tta=tta, tta_n=r.tta_n if tta == 'aug' else 0,
+                  tta=tta, tta_n=r.tta_n if tta == 'aug' else 0, test_size=test_size,
                   stages=[dict(size=s, epochs=n, lr=lr) for (s,n,_),lr in zip(p.stages, p.lrs)], epochs=p.total_epochs,
                   sched=r.sched, bs=r.bs, bs_per_process=local_bs(r.bs), world_size=world_size(), opt=r.opt, wd=r.wd, ls=r.ls,
                   mix=r.mix, ema=r.ema, seed=seed, runs=p.runs, wall_s=round(time.time()-t0, 1),
