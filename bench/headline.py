@@ -14,8 +14,10 @@ are copied to OUT.
 
 Usage (one H200, about 9.5 minutes): python bench/headline.py path/to/tiny-imagenet-200.tar.gz --out OUT --budget 9m
 A second command: python bench/headline.py path/to/tiny-imagenet-200.tar.gz --out OUT2 --budget 4m --compare sep_fused_s --compare-budget 4m --bare
+Levers at a budget: python bench/headline.py ARCHIVE --out OUT3 --budget 4m --skip-headline --variant no32='--sizes 48,64 --epochs 14,16' \
+                    --variant fixres='--sizes 32,48,56 --test-size 64'
 On a CPU, `--quick` runs the demo preset on DATA (e.g. the bundled sample) with a budget of seconds, for testing."""
-import argparse, json, os, platform, shutil, subprocess, sys, tempfile, time
+import argparse, json, os, platform, shlex, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, cpu_model, load
@@ -127,6 +129,9 @@ def main(argv=None):
     p.add_argument('--arch', default=None, help="the model of the headline run (default: the preset's)")
     p.add_argument('--compare', default=None, help='a second model to run with the same command (e.g. sep_fused_s)')
     p.add_argument('--compare-budget', default=None, help='its budget (default: --budget)')
+    p.add_argument('--variant', action='append', default=[], metavar='NAME=OPTIONS',
+                   help="one more run of the same command with extra options, e.g. bs1024='--bs 1024 --lr 0.8' (repeatable): the levers table")
+    p.add_argument('--skip-headline', action='store_true', help='run only the --compare and --variant runs')
     p.add_argument('--bare', action='store_true', help='also time the bare compiled step of each model at the sizes')
     p.add_argument('--work-dir', default=None)
     p.add_argument('--quick', action='store_true', help='on a CPU: the demo preset on DATA with a budget of seconds')
@@ -143,7 +148,12 @@ def main(argv=None):
     write(out, d)
     try:
         extra = ('--sizes', '16,24', '--epochs', '1,2', '--bs', '32') if a.quick else ()
-        d['runs']['headline'] = run_train('headline', a.data, out, a.budget, preset, a.arch, work, extra); write(out, d)
+        if not a.skip_headline: d['runs']['headline'] = run_train('headline', a.data, out, a.budget, preset, a.arch, work, extra); write(out, d)
+        for v in a.variant:
+            name, _, opts = v.partition('=')
+            if not name or not name.isidentifier(): p.error(f"--variant {v!r}: give NAME=OPTIONS with a plain name")
+            d['runs'][name] = run_train(name, a.data, out, a.budget, preset, a.arch, work, tuple(extra) + tuple(shlex.split(opts)))
+            write(out, d)
         if a.compare:
             d['runs'][a.compare] = run_train(a.compare, a.data, out, a.compare_budget or a.budget, preset, a.compare, work, extra)
             write(out, d)
