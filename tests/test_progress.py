@@ -85,12 +85,17 @@ def test_time_steps_leaves_the_learner_as_it_was(data, tmp_path):
     assert type(learn.progress).__name__ in ('PlainProgress', 'ThrottledProgress')   # our bar, not fastai's put back
 
 
-def test_budgeted_fit_chooses_epochs_validates_at_stage_ends_and_resumes_its_plan(data, tmp_path):
+def test_budgeted_fit_chooses_epochs_validates_at_stage_ends_and_resumes_its_plan(data, tmp_path, monkeypatch):
+    "The plan comes from the timings (here fixed, so that a busy machine does not change it; `time_steps` is tested above)"
+    import tiny_fastai.fit as fit
+    monkeypatch.setattr(fit, 'time_steps', lambda learn, size, **kw: dict(size=size, batch_s=1.0, valid_batch_s=0.5, probe_s=0.))
     learn = tiny_learner(_dls(data), 'tiny', path=tmp_path, ckpt_every=float('inf'))
     progressive_fit(learn, [(16, 1, 2e-3), (32, 2, 2e-3)], sched='one', budget=40, config=dict(budget_s=40))
     p = learn.run_progress
     b = p.budget
     assert b['train_s_planned'] <= b['train_s_left'] and [s.epochs for s in p.stages] == b['epochs']
+    # 6 batches of 16 a training epoch at 1 s, 5 val batches of 10 at 0.5 s at each stage's end: 2+3 epochs fit 40 s, 2+4 do not
+    assert b['epochs'] == [2, 3] and b['train_s_planned'] == 35.0
     assert len(p.history) == p.total_epochs >= 2 and [t['size'] for t in b['timed']] == [16, 32]
     ends = {sum(s.epochs for s in p.stages[:i+1]) - 1 for i in range(len(p.stages))}
     for r in p.history:   # validated at each stage's end only: the other epochs have no valid numbers

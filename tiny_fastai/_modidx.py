@@ -356,6 +356,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'tiny_fastai.fit._fit_stage': ('fit.html#_fit_stage', 'tiny_fastai/fit.py'),
                                  'tiny_fastai.fit._memory_hint': ('fit.html#_memory_hint', 'tiny_fastai/fit.py'),
                                  'tiny_fastai.fit._mismatch': ('fit.html#_mismatch', 'tiny_fastai/fit.py'),
+                                 'tiny_fastai.fit._resume': ('fit.html#_resume', 'tiny_fastai/fit.py'),
                                  'tiny_fastai.fit.budget_stages': ('fit.html#budget_stages', 'tiny_fastai/fit.py'),
                                  'tiny_fastai.fit.cycle_slice': ('fit.html#cycle_slice', 'tiny_fastai/fit.py'),
                                  'tiny_fastai.fit.find_lr': ('fit.html#find_lr', 'tiny_fastai/fit.py'),

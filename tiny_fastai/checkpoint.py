@@ -98,7 +98,8 @@ def identity(self:RunProgress) -> dict:
 @patch
 def state_dict(self:RunProgress) -> dict:
     "The progress as plain data: the checkpoint's `meta` and `history`"
-    return dict(meta=dict(self.identity(), lrs=list(self.lrs), stage=self.stage, stage_epochs=self.stage_epochs, runs=self.runs),
+    return dict(meta=dict(self.identity(), lrs=list(self.lrs), stage=self.stage, stage_epochs=self.stage_epochs, runs=self.runs,
+                          **({'budget_record': self.budget} if self.budget else {})),
                 history=[dict(r) for r in self.history])
 
 @patch
@@ -107,6 +108,7 @@ def load_state_dict(self:RunProgress, sd:dict):
     m = sd['meta']
     self.history,self.lrs = [dict(r) for r in sd['history']],list(m.get('lrs', self.lrs))
     self.stage,self.stage_epochs,self.runs = m.get('stage', 0),m.get('stage_epochs', 0),m.get('runs', 1)
+    self.budget = m.get('budget_record', self.budget)
     return self
 
 # %% ../nbs/08_checkpoint.ipynb #4d4cce02

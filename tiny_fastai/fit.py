@@ -56,6 +56,28 @@ def _memory_hint(learn, size):
         raise PlanError(f"out of memory at {size} px with a batch size of {learn.dls.train.bs}: lower the batch size (--bs) "
                         f"or the stage sizes (--sizes)") from e
 
+def _resume(learn, state:dict, p:RunProgress, budget, restart_hint:str) -> tuple:
+    "Check the checkpoint `state` against the run `p` and load it: the progress, and where to start (stage, epoch, RNG, stage ended)"
+    ck = learn.checkpoint
+    if budget is not None and state['meta'].get('budget') == p.config['budget']:   # the plan this budget chose before
+        plan = check_plan([(s, n, st.lr) for (s,n),st in zip(state['meta']['plan'], p.stages)])
+        p = RunProgress(plan, p.config, lrs=[s.lr for s in plan], history=p.history, runs=p.runs)
+    bad = _mismatch(state['meta'], p.identity())
+    if state.get('vocab') != list(learn.dls.vocab): bad.append(f"classes: the checkpoint has {len(state['vocab'])}, the data {len(learn.dls.vocab)}")
+    if bad: raise CheckpointError(f"{ck.file} belongs to another run ({'; '.join(bad)}). Run with the same settings "
+                                  f"to resume it, or start over with {restart_hint} (or delete {ck.file})")
+    learn.run_progress,lrs = p,list(p.lrs)
+    load_checkpoint(learn, state, ck.file, restart_hint)
+    start,done = p.stage,p.stage_epochs
+    p.runs += 1
+    ended = done >= p.stages[start].epochs     # written at the end of a stage, before the next stage's loaders were made
+    if ended: start,done = start+1,0
+    # finished stages keep the learning rates they were trained with; unfinished ones may get a new one (after a NaN)
+    p.lrs = [old if i < start or lr is None else lr for i,(lr,old) in enumerate(zip(lrs, p.lrs))]
+    rank0_print(f"resuming from {ck.file}: {p.epochs_done} of {p.total_epochs} epochs done"
+          + (f", stage {start+1} of {len(p.stages)} at epoch {done}" if start < len(p.stages) else ", all stages done"))
+    return p,start,done,state['rng'],ended
+
 def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_kw:dict=None, sched:str='stages',
                     pct_start:float=0.25, restart_hint:str='resume=False', budget:float=None, after_s=0., valid_every:int=None, **kwargs):
     "Fit `learn` stage by stage: `stages` is a list of `(size, epochs, lr)`, `lr=None` runs `lr_find`; resumes from a checkpoint"
@@ -78,29 +100,10 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
                         f"so there would be no training batch; use a batch size of at most {n} (--bs)")
     if is_rank0(): clean_tmp(ck.file.parent, ck.file.name)   # what killed runs left of their checkpoint
     state = on_rank0(lambda: read_checkpoint(ck.file) if resume and ck.file.exists() else None)
-    if state is not None:
-        if budget is not None and state['meta'].get('budget') == cfg['budget']:   # the plan this budget chose before
-            plan = check_plan([(s, n, lr) for (s,n),lr in zip(state['meta']['plan'], [s.lr for s in plan])])
-            p = RunProgress(plan, cfg, lrs=[s.lr for s in plan], history=old.history, runs=old.runs)
-        bad = _mismatch(state['meta'], p.identity())
-        if state.get('vocab') != list(learn.dls.vocab): bad.append(f"classes: the checkpoint has {len(state['vocab'])}, the data {len(learn.dls.vocab)}")
-        if bad: raise CheckpointError(f"{ck.file} belongs to another run ({'; '.join(bad)}). Run with the same settings "
-                                      f"to resume it, or start over with {restart_hint} (or delete {ck.file})")
-        learn.run_progress = p
-        load_checkpoint(learn, state, ck.file, restart_hint)
-        lrs = [s.lr for s in plan]
-        start,done,rng = p.stage,p.stage_epochs,state['rng']
-        p.runs += 1
-        ended = done >= plan[start].epochs     # written at the end of a stage, before the next stage's loaders were made
-        if ended: start,done = start+1,0
-        # finished stages keep the learning rates they were trained with; unfinished ones may get a new one (after a NaN)
-        p.lrs = [old if i < start or lr is None else lr for i,(lr,old) in enumerate(zip(lrs, p.lrs))]
-        rank0_print(f"resuming from {ck.file}: {p.epochs_done} of {p.total_epochs} epochs done"
-              + (f", stage {start+1} of {len(plan)} at epoch {done}" if start < len(plan) else ", all stages done"))
+    if state is not None: p,start,done,rng,ended = _resume(learn, state, p, budget, restart_hint)
     elif budget is not None:
-        plan,p.budget = fit_budget(learn, plan, budget, after_s, valid_every)
-        p.stages = plan
-        rank0_print(f"budget {budget:.0f} s: {', '.join(f'{s.epochs} x {s.size} px' for s in plan)} "
+        p.stages,p.budget = fit_budget(learn, plan, budget, after_s, valid_every)
+        rank0_print(f"budget {budget:.0f} s: {', '.join(f'{s.epochs} x {s.size} px' for s in p.stages)} "
                     f"(trained in about {p.budget['train_s_planned']:.0f} s; {p.budget['timing_s']:.0f} s of timing, "
                     f"{p.budget['after_s']:.0f} s kept for what follows)")
     learn.run_progress = p
@@ -109,12 +112,12 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
     if ve is not None: learn.add_cb(ve)
     p.active = True
     try:
-        for i in range(start, len(plan)): _fit_stage(learn, i, done if i == start else 0, rng if i == start else None, ended and i == start,
+        for i in range(start, len(p.stages)): _fit_stage(learn, i, done if i == start else 0, rng if i == start else None, ended and i == start,
                                                      sched, pct_start, lr_find_kw, **kwargs)
     finally:
         p.active = False
         if ve is not None: learn.remove_cb(ve)
-    if dls_size(learn.dls) != plan[-1].size: learn.dls = resize_dls(learn.dls, plan[-1].size)   # finished before: the last size
+    if dls_size(learn.dls) != p.stages[-1].size: learn.dls = resize_dls(learn.dls, p.stages[-1].size)   # finished before: the last size
     return learn
 
 # %% ../nbs/11_fit.ipynb #d047f19e
