@@ -16,6 +16,7 @@ from .distrib import init_distrib, distrib_training, rank0_first, is_rank0, rank
 from .learner import (PlanError, check_plan, check_bs, check_seed, check_mix, check_opt, check_sched, check_lrs, check_tta,
                                  tiny_learner, progressive_fit, apply_ema, evaluate, plot_history, atomic_save, atomic_file, dls_size)
 from .infer import export_learner, export_model, load_model, check_vocab
+from .cam import plot_top_losses_cam
 
 # %% auto #0
 __all__ = ['RECIPES', 'GPU_PRESETS', 'LR_FIND_TMP_AGE', 'get_recipe', 'resolve_plan', 'TinyInterpretation',
@@ -114,7 +115,7 @@ def write_interpretation(learn, ev:dict, out, k:int=20, n_top:int=9) -> list:
     interp = TinyInterpretation.from_evaluation(learn, ev)
     with learn.no_bar(), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        interp.plot_top_losses(min(n_top, len(interp.targs)), nrows=3, figsize=(13, 11))
+        plot_top_losses_cam(interp, min(n_top, len(interp.targs)))   # each image beside the maps of its predicted and actual class
     _save_fig(plt.gcf(), Path(out)/'top_losses.png')
     _save_fig(interp.plot_confused(k, figsize=(9, 9), title=f'the {min(k, len(interp.vocab))} most confused classes'),
               Path(out)/'confusion.png', dpi=60)
