@@ -87,6 +87,7 @@ def top_table(top, map_size=None, size=None) -> str:
     "Markdown of the top classes and their probabilities (to 4 decimals), and the size of the map"
     res = '| class | probability |\n|---|---|\n' + '\n'.join(f"| {c} | {p:.4f} |" for c,p in top)
     if map_size: res += f"\n\nThe map of {top[0][0]}: {map_size[0]}x{map_size[1]} cells at {size} px; its mean is the logit of the class."
+    if map_size and max(map_size) == 1: res += " One cell says what, not where: it is not drawn over the image."
     return res
 
 def predict_page(model, fname) -> tuple:

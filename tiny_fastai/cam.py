@@ -63,9 +63,9 @@ def class_maps(model, x, k:int=5, idxs=None, size=None) -> AttrDict:
 
 # %% ../nbs/12_cam.ipynb #5a044154
 def _norm(m):
-    "`m` scaled to 0..1 (all zeros for a flat map, also when float rounding of its upsampling left it not quite flat)"
+    "`m` scaled to 0..1, or None for a flat map (a 1x1 map, or one that float rounding of its upsampling left not quite flat)"
     m = m.float(); lo,hi = m.min(),m.max()
-    return (m-lo)/(hi-lo) if hi-lo > 1e-4*max(1., hi.abs().item(), lo.abs().item()) else torch.zeros_like(m)
+    return (m-lo)/(hi-lo) if hi-lo > 1e-4*max(1., hi.abs().item(), lo.abs().item()) else None
 
 def cam_overlay(img, cam, size:int=256, alpha:float=0.5, cmap:str='magma', caption:str=None) -> Image.Image:
     "A PIL picture of `img` (PIL, or `[3, h, w]` uint8 or 0..1) at `size` px with `cam` (`[h', w']`) blended over it, `caption` under it"
@@ -75,7 +75,8 @@ def cam_overlay(img, cam, size:int=256, alpha:float=0.5, cmap:str='magma', capti
     w,h = img.size; s = size/max(w, h)
     img = img.convert('RGB').resize((round(w*s), round(h*s)), Image.BICUBIC)
     m = F.interpolate(cam.detach().float().cpu()[None,None], size=(img.height, img.width), mode='bilinear', align_corners=False)[0,0]
-    res = Image.blend(img, Image.fromarray((colormaps[cmap](to_np(_norm(m)))[..., :3]*255).astype('uint8')), alpha)
+    m = _norm(m)   # a flat map says nothing about where: the image is left as it is
+    res = img if m is None else Image.blend(img, Image.fromarray((colormaps[cmap](to_np(m))[..., :3]*255).astype('uint8')), alpha)
     if not caption: return res
     font = ImageFont.load_default(size=max(10, size//16))
     out = Image.new('RGB', (res.width, res.height + round(font.size*1.6)), 'white')
@@ -88,9 +89,10 @@ def _short(s, n:int=22): return s if len(s) <= n else s[:n-1] + '…'
 def show_cam(img, cam=None, ctx=None, title=None, color=None, alpha:float=0.5, cmap:str='magma', **kwargs):
     "Show `img` (decoded, `[3, h, w]`) on `ctx` with `cam` (a map at its size) over it, and `title` in `color`"
     ctx = show_image(img, ctx=ctx, **kwargs)
-    if cam is not None:
+    m = None if cam is None else _norm(cam.cpu())   # nothing drawn for a flat map
+    if m is not None:
         h,w = img.shape[-2:]
-        ctx.imshow(to_np(_norm(cam.cpu())), alpha=alpha, cmap=cmap, extent=(-0.5, w-0.5, h-0.5, -0.5), interpolation='bilinear')
+        ctx.imshow(to_np(m), alpha=alpha, cmap=cmap, extent=(-0.5, w-0.5, h-0.5, -0.5), interpolation='bilinear')
     if title: ctx.set_title(title, color=color, fontsize=9)
     return ctx
 
