@@ -102,8 +102,8 @@ def predict_page(model, fname) -> tuple:
 def _gradio():
     "gradio, imported only when the page is built; an `AppError` naming the extra where it is not installed"
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')   # no calls home
-    try: import gradio as gr
-    except ImportError: raise AppError('the web page needs gradio, which is not installed: pip install "tiny_fastai[app]"') from None
+    try: import gradio as gr; gr.Blocks   # (a folder named gradio in the working directory imports as an empty package)
+    except (ImportError, AttributeError): raise AppError('the web page needs gradio, which is not installed: pip install "tiny_fastai[app]"') from None
     return gr
 
 def build_app(run, n_examples:int=8):
