@@ -8,6 +8,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'tiny_fastai.app.check_run': ('app.html#check_run', 'tiny_fastai/app.py'),
                                  'tiny_fastai.app.free_port': ('app.html#free_port', 'tiny_fastai/app.py'),
                                  'tiny_fastai.app.image_maps': ('app.html#image_maps', 'tiny_fastai/app.py'),
+                                 'tiny_fastai.app.model_field': ('app.html#model_field', 'tiny_fastai/app.py'),
                                  'tiny_fastai.app.predict_page': ('app.html#predict_page', 'tiny_fastai/app.py'),
                                  'tiny_fastai.app.run_card': ('app.html#run_card', 'tiny_fastai/app.py'),
                                  'tiny_fastai.app.run_results': ('app.html#run_results', 'tiny_fastai/app.py'),

@@ -11,8 +11,8 @@ from .infer import load_model, open_image_file, ImageFileError
 from .cam import class_maps, cam_overlay
 
 # %% auto #0
-__all__ = ['image_maps', 'write_cams', 'AppError', 'check_run', 'run_results', 'run_card', 'val_examples', 'top_table',
-           'predict_page', 'build_app', 'free_port', 'serve']
+__all__ = ['image_maps', 'write_cams', 'AppError', 'check_run', 'model_field', 'run_results', 'run_card', 'val_examples',
+           'top_table', 'predict_page', 'build_app', 'free_port', 'serve']
 
 # %% ../nbs/16_app.ipynb #8da140a2
 def _tfms(model):
@@ -57,6 +57,11 @@ def check_run(run) -> Path:
                                "with model.safetensors + model.json (it never loads a pickle)")
     return p
 
+def model_field(model, k):
+    "Field `k` of a `TinyModel`'s model.json (a dict, or the object that reads it), None where it has none"
+    i = model.info
+    return i.get(k) if isinstance(i, dict) else getattr(i, k, None)
+
 def run_results(run) -> dict:
     "The run's results.json, or an empty dict where there is none (a model copied without it)"
     f = Path(run)/'results.json'
@@ -78,7 +83,7 @@ def run_card(run, model=None) -> str:
 
 def val_examples(model, run, n:int=8) -> list:
     "Up to `n` validation images of the data the run was trained on, where that data is on this machine"
-    data = run_results(run).get('data') or model.info.get('data')
+    data = run_results(run).get('data') or model_field(model, 'data')
     d = Path(data or '.')/'val'/'images'
     return sorted(d.iterdir())[:n] if d.is_dir() else []
 
@@ -112,7 +117,7 @@ def build_app(run, n_examples:int=8):
     gr = _gradio()
     model = load_model(run)   # model.safetensors + model.json: no pickle
     with gr.Blocks(title=f"tiny_fastai: {run.name}") as page:
-        gr.Markdown(f"# {run.name}: {model.info['arch']}, {len(model.vocab)} classes\nDrop an image (or pick one below): the model's "
+        gr.Markdown(f"# {run.name}: {model_field(model, 'arch')}, {len(model.vocab)} classes\nDrop an image (or pick one below): the model's "
                     f"top 5 classes, and where in the image it finds the first (its class activation map).")
         with gr.Row():
             with gr.Column():
