@@ -8,7 +8,7 @@ from PIL import Image
 from tiny_fastai.data import make_subset, sample_path
 from tiny_fastai.recipe import train_recipe
 from tiny_fastai.infer import load_model
-from tiny_fastai.app import image_maps, write_cams, free_port, check_run, AppError
+from tiny_fastai.app import image_maps, write_cams, free_port, check_run, AppError, model_field
 from test_cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,12 @@ def test_app_without_gradio_names_the_extra(run):
     r = subprocess.run([sys.executable, '-c', "import tiny_fastai.app, sys; print('gradio' in sys.modules)"],
                        capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)})
     assert r.stdout.strip() == 'False', r.stderr   # gradio is imported only when the page is built
+
+def test_model_field():
+    "A field of model.json, whether the model holds it as a dict or as an object with attributes; None where it is absent"
+    from types import SimpleNamespace as NS
+    assert model_field(NS(info={'arch': 'tiny'}), 'arch') == 'tiny' and model_field(NS(info={}), 'data') is None
+    assert model_field(NS(info=NS(arch='dense', data=None)), 'arch') == 'dense' and model_field(NS(info=NS()), 'data') is None
 
 def test_free_port():
     "The port asked for when it is free, another when something listens there"
