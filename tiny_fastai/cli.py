@@ -87,6 +87,11 @@ def get_parser() -> argparse.ArgumentParser:
     r.add_argument('images', nargs='+', metavar='IMAGE', help="image files (any size; JPEG, PNG, ...)")
     r.add_argument('-k', default='5', help="how many classes to show (default 5)")
     r.add_argument('--json', action='store_true', help="print the result as JSON")
+    r.add_argument('--cam', metavar='DIR', help="also write DIR/<name>.cam.png for each image: the image with the class activation map of its top class over it")
+    w = sub.add_parser('app', help="serve a web page to try a run: drop an image, see its top 5 classes and where the first is (needs the app extra)")
+    w.add_argument('run', metavar='RUN', help="a run folder of tiny-fastai train, with model.safetensors + model.json (no pickle is loaded)")
+    w.add_argument('--port', default='7860', help="port to listen on (default 7860; a free one is picked when it is taken)")
+    w.add_argument('--host', default='127.0.0.1', help="address to listen on (default 127.0.0.1: this machine only)")
     return p
 
 # %% ../nbs/17_cli.ipynb #ee3130bf
@@ -147,10 +152,20 @@ def _predict(a):
         try: open_image_file(f)
         except ImageFileError as e: probs.append(str(e))
     if probs: raise ImageFileError('; '.join(probs))
-    res = iter_predictions(load_model(a.model), a.images, k=k)   # batch by batch: never every image at once
+    m = load_model(a.model)
+    res = iter_predictions(m, a.images, k=k)   # batch by batch: never every image at once
     if a.json: print(json.dumps(list(res)))
     else:
         for r in res: print(f"{safe_text(r['file'])}: " + ', '.join(f"{safe_text(c)} ({p:.1%})" for c,p in r['top']))
+    if a.cam:
+        from tiny_fastai.app import write_cams
+        fs = write_cams(m, a.images, a.cam)
+        print(f"wrote {len(fs)} class-map picture(s) to {safe_text(a.cam)}", file=sys.stderr if a.json else sys.stdout)
+    return 0
+
+def _app(a):
+    from tiny_fastai.app import serve
+    serve(a.run, port=_int(a.port, '--port', 0), host=a.host)
     return 0
 
 # %% ../nbs/17_cli.ipynb #065851f3
@@ -162,7 +177,7 @@ def main(argv=None) -> int:
     os.environ.setdefault('MPLBACKEND', 'Agg')
     warnings.filterwarnings('ignore', category=FutureWarning)
     warnings.filterwarnings('ignore', category=DeprecationWarning)
-    try: return dict(train=_train, evaluate=_evaluate, predict=_predict)[a.cmd](a)
+    try: return dict(train=_train, evaluate=_evaluate, predict=_predict, app=_app)[a.cmd](a)
     except KeyboardInterrupt:
         print(f"tiny-fastai {a.cmd}: interrupted; " + ("run the same command again to resume from the last completed epoch"
               if a.cmd == 'train' else "run it again to start it over"), file=sys.stderr)

@@ -12,6 +12,7 @@ from .loaders import resize_dls
 from .distrib import get_preds_all
 from .plan import check_tta
 from .callbacks import HFlip
+from .cam import plot_top_losses_cam
 from .learner import top1, top5
 
 # %% auto #0
@@ -86,7 +87,7 @@ def write_interpretation(learn, ev:dict, out, k:int=20, n_top:int=9) -> list:
     interp = TinyInterpretation.from_evaluation(learn, ev)
     with learn.no_bar(), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        interp.plot_top_losses(min(n_top, len(interp.targs)), nrows=3, figsize=(13, 11))
+        plot_top_losses_cam(interp, min(n_top, len(interp.targs)))   # each image beside the maps of its predicted and actual class
     save_small_png(plt.gcf(), Path(out)/'top_losses.png')
     save_small_png(interp.plot_confused(k, figsize=(9, 9), title=f'the {min(k, len(interp.vocab))} most confused classes'),
               Path(out)/'confusion.png', dpi=60)

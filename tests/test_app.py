@@ -1,0 +1,178 @@
+"""tiny_fastai.app and the commands that use it: `predict --cam DIR` writes one overlay per image; `tiny-fastai app RUN`
+serves a page that, driven in headless Chromium, shows for an uploaded val image the same top 5 as `predict --json`
+(to the third decimal of the probability), the map of the top class and the run's card, and a message (not a traceback)
+for an unreadable file; folders without the model files and a missing gradio give one line and exit code 2."""
+import json, os, re, shutil, subprocess, sys, time, pytest
+from pathlib import Path
+from PIL import Image
+from tiny_fastai.data import make_subset, sample_path
+from tiny_fastai.recipe import train_recipe
+from tiny_fastai.infer import load_model
+from tiny_fastai.app import image_maps, write_cams, free_port, check_run, AppError, model_field
+from test_cli import run_main
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = str(Path(sys.executable).parent/'tiny-fastai')
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    "A finished quick run on a 5-class slice of the bundled sample: (its folder, its data)"
+    d = tmp_path_factory.mktemp('app')
+    data = make_subset(sample_path(), d/'tiny', n_classes=5, n_train=20, n_val=10)
+    train_recipe('demo', out=d/'run', data=data, sizes=[16, 32], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False, num_workers=0)
+    return d/'run', data
+
+@pytest.fixture(scope='module')
+def images(run):
+    return sorted((run[1]/'val'/'images').iterdir())[:3]
+
+def test_image_maps_agree_with_predict(run, images):
+    "The top 5 of image_maps are predict's, to the float; the map is at the crop's size"
+    out, _ = run
+    code, o, err = run_main('predict', out, *images, '--json')
+    assert code == 0, err
+    want = json.loads(o)
+    got = image_maps(load_model(out), images)
+    for w, g in zip(want, got):
+        assert [c for c, _ in g['top']] == [c for c, _ in w['top']]
+        assert [p for _, p in g['top']] == pytest.approx([p for _, p in w['top']], abs=1e-6)
+        assert tuple(g['crop'].shape) == (3, 64, 64) and tuple(g['cam'].shape) == (64, 64) and g['map_size'] == (1, 1)
+
+def test_predict_cam_writes_overlays(run, images, tmp_path):
+    "`predict --cam DIR` writes DIR/<name>.cam.png per image (two images of one name get two files); a file as DIR is one line"
+    out, _ = run
+    twin = tmp_path/'other'/images[0].name
+    twin.parent.mkdir(); shutil.copy(images[0], twin)
+    code, o, err = run_main('predict', out, *images, twin, '--cam', tmp_path/'cams')
+    assert code == 0, err
+    assert f"wrote 4 class-map picture(s) to {tmp_path/'cams'}" in o
+    fs = sorted(p.name for p in (tmp_path/'cams').iterdir())
+    assert fs == sorted([f.stem + '.cam.png' for f in images] + [images[0].stem + '-2.cam.png'])
+    im = Image.open(tmp_path/'cams'/fs[0])
+    assert im.width == 256 and im.height > 256 and im.mode == 'RGB'
+    code, o, err = run_main('predict', out, images[0], '--json', '--cam', tmp_path/'c2')
+    assert code == 0 and json.loads(o) and 'wrote 1 class-map picture(s)' in err   # stdout stays JSON
+    (tmp_path/'afile').write_text('x')
+    code, _, err = run_main('predict', out, images[0], '--cam', tmp_path/'afile')
+    assert code == 2 and f"--cam {tmp_path/'afile'} is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+def test_app_refuses_a_folder_without_model(run, tmp_path):
+    "A folder without model.safetensors + model.json (even with a model.pkl) is refused in one line naming it, exit code 2"
+    shutil.copy(run[0]/'model.pkl', tmp_path/'model.pkl')
+    code, _, err = run_main('app', tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{tmp_path} has no model.safetensors and no model.json" in err and 'never loads a pickle' in err
+    code, _, err = run_main('app', tmp_path/'nope')
+    assert code == 2 and 'is not a folder' in err
+
+def test_app_without_gradio_names_the_extra(run):
+    "Without gradio: `import tiny_fastai.app` works and `tiny-fastai app` names the extra, in one line, exit code 2"
+    code = ("import sys; sys.modules['gradio'] = None\n"   # as if it were not installed
+            "import tiny_fastai.app\n"
+            "from tiny_fastai.cli import main\n"
+            f"sys.exit(main(['app', {str(run[0])!r}]))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1:] == [
+        'tiny-fastai app: error: the web page needs gradio, which is not installed: pip install "tiny_fastai[app]"'], r.stderr
+    r = subprocess.run([sys.executable, '-c', "import tiny_fastai.app, sys; print('gradio' in sys.modules)"],
+                       capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert r.stdout.strip() == 'False', r.stderr   # gradio is imported only when the page is built
+
+def test_model_field():
+    "A field of model.json, whether the model holds it as a dict or as an object with attributes; None where it is absent"
+    from types import SimpleNamespace as NS
+    assert model_field(NS(info={'arch': 'tiny'}), 'arch') == 'tiny' and model_field(NS(info={}), 'data') is None
+    assert model_field(NS(info=NS(arch='dense', data=None)), 'arch') == 'dense' and model_field(NS(info=NS()), 'data') is None
+
+def test_free_port():
+    "The port asked for when it is free, another when something listens there"
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); s.listen(); taken = s.getsockname()[1]
+        p = free_port(taken)
+        assert p != taken and p > 0
+    assert free_port(p) == p
+
+def _browser():
+    "A headless Chromium driven by selenium, or skip with the reason"
+    pytest.importorskip('gradio', reason='gradio is not installed: pip install "tiny_fastai[app]"')
+    webdriver = pytest.importorskip('selenium.webdriver', reason='selenium is not installed')
+    from selenium.webdriver.chrome.service import Service
+    drv, chrome = shutil.which('chromedriver'), shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
+    if not (drv and chrome): pytest.skip('no chromium + chromedriver on this machine (apt-get install chromium chromium-driver)')
+    return webdriver, Service(drv), chrome
+
+@pytest.fixture(scope='module')
+def app(run, tmp_path_factory):
+    "`tiny-fastai app RUN` in a subprocess, on a port that is already taken (it picks another): (url, process)"
+    import socket
+    blocker = socket.socket(); blocker.bind(('127.0.0.1', 0)); blocker.listen()
+    port = blocker.getsockname()[1]
+    log = tmp_path_factory.mktemp('applog')/'out.txt'
+    f = open(log, 'w')
+    p = subprocess.Popen([BIN, 'app', str(run[0]), '--port', str(port)], stdout=f, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, 'GRADIO_ANALYTICS_ENABLED': 'False'})
+    try:
+        t = time.time()
+        while not re.search(r'http://127\.0\.0\.1:\d+', log.read_text()):
+            if p.poll() is not None or time.time() - t > 240: pytest.fail(f"the app did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        url = re.search(r'http://127\.0\.0\.1:\d+', log.read_text()).group(0)
+        yield url, log.read_text(), port
+    finally:
+        p.terminate(); p.wait(30); f.close(); blocker.close()
+
+@pytest.fixture(scope='module')
+def driver(run, tmp_path_factory):
+    webdriver, service, chrome = _browser()
+    o = webdriver.ChromeOptions()
+    o.binary_location = chrome
+    for a in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+              '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', '--window-size=1280,1100',
+              f"--user-data-dir={tmp_path_factory.mktemp('chrome')}"):
+        o.add_argument(a)
+    d = webdriver.Chrome(service=service, options=o)
+    d.set_page_load_timeout(120)
+    yield d
+    d.quit()
+
+def _wait(cond, timeout=120, what=''):
+    t = time.time()
+    while time.time() - t < timeout:
+        res = cond()
+        if res: return res
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+def _top5(driver):
+    "The rows of the page's top-5 table: [(class, probability)]"
+    from selenium.webdriver.common.by import By
+    rows = driver.find_elements(By.CSS_SELECTOR, '#top5 table tbody tr')
+    return [(tds[0].text, float(tds[1].text)) for tds in (r.find_elements(By.TAG_NAME, 'td') for r in rows) if len(tds) == 2]
+
+def test_page_in_a_browser(run, images, app, driver, tmp_path):
+    "Upload a val image: the page's top 5 are predict --json's to the third decimal, the map is drawn, the card is there; a bad file gets a message"
+    from selenium.webdriver.common.by import By
+    url, log, taken = app
+    assert f"(port {taken} is taken)" in log and 'Traceback' not in log
+    driver.get(url)
+    _wait(lambda: driver.find_elements(By.CSS_SELECTOR, '#image input[type=file]'), what='the upload field')
+    card = driver.find_element(By.ID, 'card').text
+    res = json.loads((run[0]/'results.json').read_text())
+    for s in ('demo', 'tiny', f"{res['params']:,}", f"{res['top1']:.3f}", f"{res['top5']:.3f}", res['device']): assert s in card, s
+    assert len(driver.find_elements(By.CSS_SELECTOR, 'img[src*="history.png"], img[src*="confusion.png"]')) == 2
+    driver.find_element(By.CSS_SELECTOR, '#image input[type=file]').send_keys(str(images[1]))
+    got = _wait(lambda: _top5(driver), what='the top 5')
+    code, o, err = run_main('predict', run[0], images[1], '--json')
+    want = json.loads(o)[0]['top']
+    assert [c for c, _ in got] == [c for c, _ in want]
+    assert all(abs(p - q) <= 0.5e-4 + 1e-9 for (_, p), (_, q) in zip(got, want)), (got, want)   # the page shows 4 decimals: predict's, rounded
+    assert _wait(lambda: driver.find_elements(By.CSS_SELECTOR, '#cam img'), what='the map')
+    driver.save_screenshot(str(tmp_path/'page.png'))
+    if os.environ.get('TINY_FASTAI_SCREENSHOT'): shutil.copy(tmp_path/'page.png', os.environ['TINY_FASTAI_SCREENSHOT'])
+    bad = tmp_path/'notes.jpg'; bad.write_text('not an image')
+    driver.get(url)   # a fresh page: the upload field again
+    _wait(lambda: driver.find_elements(By.CSS_SELECTOR, '#image input[type=file]'), what='the upload field')
+    driver.find_element(By.CSS_SELECTOR, '#image input[type=file]').send_keys(str(bad))
+    msg = _wait(lambda: driver.find_element(By.ID, 'message').text, what='the message')
+    assert 'Cannot use this file' in msg and 'notes.jpg is not an image that PIL can read' in msg and 'Traceback' not in msg
