@@ -102,7 +102,7 @@ def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_k
     state = on_rank0(lambda: read_checkpoint(ck.file) if resume and ck.file.exists() else None)
     if state is not None: p,start,done,rng,ended = _resume(learn, state, p, budget, restart_hint)
     elif budget is not None:
-        p.stages,p.budget = fit_budget(learn, plan, budget, after_s, valid_every)
+        p.stages,p.budget = broadcast_object(fit_budget(learn, plan, budget, after_s, valid_every))   # every rank times; rank 0's plan for all
         rank0_print(f"budget {budget:.0f} s: {', '.join(f'{s.epochs} x {s.size} px' for s in p.stages)} "
                     f"(trained in about {p.budget['train_s_planned']:.0f} s; {p.budget['timing_s']:.0f} s of timing, "
                     f"{p.budget['after_s']:.0f} s kept for what follows)")
