@@ -6,18 +6,11 @@ import numpy as np
 from PIL import Image
 from tiny_fastai.cli import main
 from tiny_fastai.data import make_subset, sample_path
+from conftest import run_main, venv_bin
 
-BIN = str(Path(sys.executable).parent/'tiny-fastai')
+BIN = venv_bin('tiny-fastai')
 def cli(*args, cwd=None):
     return subprocess.run([BIN] + [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=900)
-
-def run_main(*args):
-    "`main(args)` in this process: (exit code, stdout, stderr)"
-    o, e = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        try: code = main([str(a) for a in args])
-        except SystemExit as x: code = x.code
-    return code, o.getvalue(), e.getvalue()
 
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
