@@ -8,6 +8,7 @@ import torch, torch.distributed as dist
 from torch import nn
 from fastai.basics import *
 from fastai.callback.all import *
+from tiny_fastai.core import *      # world_size, since the re-cut (issue 17) in core, not distrib
 from tiny_fastai.distrib import *
 from tiny_fastai.evaluate import evaluate
 
