@@ -1,6 +1,6 @@
 """Ablation of the recipe changes on a CPU proxy (issue #10: "CPU proxies, measured here").
 
-The GPU recipes (`sprint`, `full` in `tiny_fastai.train.RECIPES`) changed several things at once. This script measures
+The GPU recipes (`sprint`, `full` in `tiny_fastai.plan.RECIPES`) changed several things at once. This script measures
 each change on its own, cumulatively, on the 20-class subset of Tiny ImageNet (500 train and 50 val images per class,
 made with `make_subset(seed=0)`), same model preset, same stages (sizes and epochs), same seed for every row:
 
@@ -17,13 +17,15 @@ next), and the table gives the mean with each seed's value; the spread between s
     python bench/ablation.py --data PATH_OR_ARCHIVE [--subset DIR] [--arch tiny] [--sizes 16,32,64] [--epochs 2,2,4]
                              [--lr 3e-3] [--sgd-lr 0.1] [--ema 0.995] [--seeds 42,1] [--rows abcde] [--threads 1]
 
+    python bench/ablation.py --quick   # a test on a CPU, in seconds: 5 classes of the bundled sample, 16/24 px, 1 epoch each
+
 PATH defaults to $TINY_IMAGENET.
 """
 import argparse, json, os, sys, tempfile, time, warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import cpu_model as cpu_name, load   # bench/common.py
+from common import cpu_model as cpu_name, load, subset, QUICK_SUBSET   # bench/common.py (and the checkout on the path)
 
 ROWS = {  # cumulative: each row adds one change to the row before it
     'a': dict(label='(a) baseline: one-cycle per stage, Adam', sched='stages', opt='adam', mix=None, ema=None),
@@ -38,16 +40,20 @@ def run_row(sub, row, a, seed, out):
     "Train one row of the ablation from scratch and evaluate it plain, with flip TTA and with augmentation TTA"
     from fastai.vision.all import set_seed
     from tiny_fastai.loaders import tiny_dls
-    from tiny_fastai.train import tiny_learner, progressive_fit, evaluate, apply_ema
+    from tiny_fastai.learner import tiny_learner
+    from tiny_fastai.fit import progressive_fit
+    from tiny_fastai.evaluate import evaluate
+    from tiny_fastai.callbacks import apply_ema
     sizes, epochs = [int(s) for s in a.sizes.split(',')], [int(e) for e in a.epochs.split(',')]
     lr = a.sgd_lr if row['opt'] == 'sgd' else a.lr
     t0 = time.time()
     set_seed(seed, reproducible=True)
-    dls = tiny_dls(sub, size=sizes[0], bs=a.bs, seed=seed, num_workers=a.num_workers, fast=True)
+    dls = tiny_dls(sub, size=sizes[0], bs=a.bs, seed=seed, num_workers=a.num_workers, cache=True)
     learn = tiny_learner(dls, a.arch, mix=row['mix'], opt=row['opt'], ema=a.ema if row['ema'] else None, path=out)
     with learn.no_bar():
         progressive_fit(learn, [(s, n, lr) for s, n in zip(sizes, epochs)], resume=False, sched=row['sched'], pct_start=a.pct_start)
     train_s = time.time() - t0
+    cbs = sorted(type(c).__name__ for c in learn.cbs)   # what the row really trained with (MixCut, EMA)
     apply_ema(learn)   # no-op without EMA
     t1 = time.time()
     flip = evaluate(learn, size=sizes[-1], tta='flip')
@@ -56,7 +62,7 @@ def run_row(sub, row, a, seed, out):
     return dict(top1=flip['top1'], top5=flip['top5'], top1_flip=flip['top1_tta'], top1_aug=aug['top1_tta'],
                 top1_aug_check=aug['top1'], lr=lr, train_s=train_s, eval_s=time.time() - t1, n_valid=flip['n_valid'],
                 last_train_loss=hist[-1].get('train_loss') if hist else None, params=learn.rules['params'],
-                steps=len(dls.train) * sum(epochs))
+                steps=len(dls.train) * sum(epochs), opt=learn.opt_name, epochs_run=len(hist), cbs=cbs)
 
 
 def table(res, rows, seeds):
@@ -87,17 +93,20 @@ def main(argv=None):
     p.add_argument('--seeds', default='42'); p.add_argument('--rows', default='abcde')
     p.add_argument('--num-workers', type=int, default=1); p.add_argument('--threads', type=int, default=None)
     p.add_argument('--json', default=None, help='also write every result to this JSON file')
+    p.add_argument('--n-train', type=int, default=500, help='train images per class of the subset')
+    p.add_argument('--n-val', type=int, default=50, help='val images per class of the subset')
+    p.add_argument('--quick', action='store_true', help='a test on a CPU: 5 classes of the bundled sample (20 train / 10 val each), '
+                   'sizes 16,24, 1 epoch each, bs 32, 1 aug TTA pass, no loader workers')
     a = p.parse_args(argv)
-    if not a.data and not a.subset: p.error('give --data or set TINY_IMAGENET to the full Tiny ImageNet')
+    if a.quick:
+        a.data,a.subset,a.sizes,a.epochs,a.bs,a.tta_n,a.num_workers = None,None,'16,24','1,1',32,1,0
+        a.classes,a.n_train,a.n_val = QUICK_SUBSET['classes'],QUICK_SUBSET['n_train'],QUICK_SUBSET['n_val']
+    elif not a.data and not a.subset: p.error('give --data or set TINY_IMAGENET to the full Tiny ImageNet')
     warnings.filterwarnings('ignore')
     import torch, fastai
     if a.threads: torch.set_num_threads(a.threads)
-    from tiny_fastai.data import get_tiny_imagenet, make_subset
     tmp = Path(tempfile.mkdtemp(prefix='tiny-abl-'))
-    sub = Path(a.subset) if a.subset else tmp/f'subset{a.classes}'
-    if not sub.exists():
-        full = get_tiny_imagenet(a.data, dest=tmp/'full') if not Path(a.data).is_dir() else get_tiny_imagenet(a.data)
-        make_subset(full, sub, n_classes=a.classes, n_train=500, n_val=50, seed=0)
+    sub = subset(a.data, a.subset, classes=a.classes, n_train=a.n_train, n_val=a.n_val, tmp=tmp)   # bench/common.py
     seeds, rows = [int(s) for s in a.seeds.split(',')], [r for r in a.rows if r in ROWS]
     load0, t0, res = load(', '), time.time(), {}
     for seed in seeds:
@@ -110,7 +119,7 @@ def main(argv=None):
     r0 = next(iter(res.values()))
     print(f"\n`python bench/ablation.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {os.cpu_count()} cores "
           f"({cpu_name()}), torch {torch.__version__}, fastai {fastai.__version__}, {torch.get_num_threads()} torch thread(s), "
-          f"{a.num_workers} loader worker(s); {a.classes} classes x 500 train / {r0['n_valid']} val images; sep_xresnet_{a.arch} "
+          f"{a.num_workers} loader worker(s); {a.classes} classes x {a.n_train} train / {r0['n_valid']} val images; sep_xresnet_{a.arch} "
           f"({r0['params']:,} params), sizes {a.sizes} px x epochs {a.epochs} ({r0['steps']} steps of bs {a.bs}), "
           f"pct_start {a.pct_start}, label smoothing 0.1, EMA decay {a.ema}, aug TTA n={a.tta_n}, seeds {a.seeds}; "
           f"{time.time()-t0:.0f} s in all; load average {load0} at the start, {load(', ')} at the end\n")

@@ -16,46 +16,27 @@ table marks the better baseline.
 
     python bench/accuracy.py [--data PATH_OR_ARCHIVE] [--epochs 4,4,4] [--sizes 16,32,64] [--arch tiny] [--bs 64]
     python bench/accuracy.py --equal-time [--baseline-sizes 32,64] [--threads 1] ...
+    python bench/accuracy.py --quick [--equal-time]   # a test on a CPU, in seconds: 5 classes of the bundled sample, 16/24 px, 1 epoch each
 
 PATH defaults to $TINY_IMAGENET.
 """
 import argparse, os, platform, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_model as cpu_name, load   # bench/common.py (and the checkout on the path)
+from common import cpu_model as cpu_name, load, subset, stock_dls, stock_learner, stock_fastai, QUICK_SUBSET   # bench/common.py (and the checkout on the path)
 
 
 def baseline(path, sizes, epochs, lr, bs, seed, num_workers, budget_s=None, probe_batches=40):
-    "Stock fastai: xresnet18, aug_transforms, fit_one_cycle per stage, loaders rebuilt at each size; or `budget_s` seconds at `sizes[0]`"
-    from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, GrandparentSplitter, Resize, aug_transforms,
-                                   Normalize, imagenet_stats, Learner, xresnet18, accuracy, top_k_accuracy, set_seed,
-                                   LabelSmoothingCrossEntropyFlat, CrossEntropyLossFlat)
-    from tiny_fastai.data import scan
-    info = scan(path)
-    names = info.names
-    items = [f for f, _ in info.train + info.valid]
-    lbl = {f: names[w] for f, w in info.train + info.valid}
-    n_train = len(info.train)
-    def dls_at(size):
-        db = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=lambda f: lbl[f],
-                       splitter=lambda o: (list(range(n_train)), list(range(n_train, len(items)))),
-                       item_tfms=Resize(64), batch_tfms=[*aug_transforms(size=size, min_scale=0.75), Normalize.from_stats(*imagenet_stats)])
-        return db.dataloaders(items, bs=bs, num_workers=num_workers)
+    "Stock fastai (`common.stock_fastai`): xresnet18, aug_transforms, fit_one_cycle per stage, loaders rebuilt at each size; or `budget_s` seconds at `sizes[0]`"
+    if budget_s is None: return stock_fastai(path, sizes, epochs, lr=lr, bs=bs, seed=seed, num_workers=num_workers, min_scale=0.75)
+    from fastai.vision.all import set_seed
     set_seed(seed, reproducible=True)
-    if budget_s is not None: return _baseline_timed(dls_at, sizes[0], lr, seed, budget_s, probe_batches)
-    dls = dls_at(sizes[0])
-    learn = Learner(dls, xresnet18(n_out=dls.c), loss_func=CrossEntropyLossFlat(), metrics=[accuracy, top_k_accuracy])
-    for size, n in zip(sizes, epochs):
-        learn.dls = dls_at(size)
-        learn.fit_one_cycle(n, lr)
-    _, top1, top5 = learn.validate()
-    return dict(top1=float(top1), top5=float(top5), params=sum(p.numel() for p in learn.model.parameters()))
+    return _baseline_timed(lambda size: stock_dls(path, size, bs, num_workers, min_scale=0.75), sizes[0], lr, seed, budget_s, probe_batches)
 
 
 def _baseline_timed(dls_at, size, lr, seed, budget_s, probe_batches):
     "The baseline at one `size` with as many epochs as fit in `budget_s` seconds (loaders built inside the budget)"
-    from fastai.vision.all import (Learner, xresnet18, accuracy, top_k_accuracy, set_seed, CrossEntropyLossFlat, Callback,
-                                   CancelTrainException)
+    from fastai.vision.all import set_seed, Callback, CancelTrainException
     warm = max(1, probe_batches // 4)
     class Probe(Callback):
         "Train `probe_batches` batches, then validate once; the rate leaves out the first `warm` batches (warm-up)"
@@ -70,7 +51,7 @@ def _baseline_timed(dls_at, size, lr, seed, budget_s, probe_batches):
     t0 = time.time()
     dls = dls_at(size)
     build_s = time.time() - t0
-    make = lambda: Learner(dls, xresnet18(n_out=dls.c), loss_func=CrossEntropyLossFlat(), metrics=[accuracy, top_k_accuracy])
+    make = lambda: stock_learner(dls)
     t1, probe = time.time(), Probe()
     with make().no_bar() as pl: pl.fit_one_cycle(1, lr, cbs=probe)
     probe_s = time.time() - t1
@@ -102,15 +83,10 @@ def ours(path, sizes, epochs, lr, bs, seed, num_workers, arch, out, fast=True):
 
 
 def _setup(a):
-    from tiny_fastai.data import get_tiny_imagenet, make_subset
     sizes, epochs = [int(s) for s in a.sizes.split(',')], [int(e) for e in a.epochs.split(',')]
     tmp = Path(tempfile.mkdtemp(prefix='tiny-acc-'))
-    sub = Path(a.subset) if a.subset else tmp/f'subset{a.classes}'
-    if not sub.exists():
-        full = get_tiny_imagenet(a.data, dest=tmp/'full') if not Path(a.data).is_dir() else get_tiny_imagenet(a.data)
-        make_subset(full, sub, n_classes=a.classes, n_train=500, n_val=50, seed=0)
+    sub = subset(a.data, a.subset, classes=a.classes, n_train=a.n_train, n_val=a.n_val, tmp=tmp)   # bench/common.py
     return sizes, epochs, tmp, sub
-
 
 
 def equal_time(a, argv):
@@ -131,7 +107,7 @@ def equal_time(a, argv):
     best = max(rows, key=lambda r: r['top1'])
     print(f"\n`python bench/accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {os.cpu_count()} cores "
           f"({cpu_name()}), torch {torch.__version__}, fastai {fastai.__version__}, {torch.get_num_threads()} torch thread(s), "
-          f"{a.num_workers} loader worker(s), {a.classes} classes x 500 train / 50 val, bs {a.bs}, lr {a.lr}, seed {a.seed}; "
+          f"{a.num_workers} loader worker(s), {a.classes} classes x {a.n_train} train / {a.n_val} val, bs {a.bs}, lr {a.lr}, seed {a.seed}; "
           f"load average {load0} at the start, {load(', ')} at the end\n")
     print('| recipe | params | sizes x epochs | top-1 | top-5 | wall time | one epoch (est.) |\n|---|---|---|---|---|---|---|')
     plan = ', '.join(f'{s} px x{n}' for s, n in zip(sizes, epochs))
@@ -158,8 +134,16 @@ def main(argv=None):
     p.add_argument('--baseline-sizes', default='32,64', help='with --equal-time: the baseline sizes, each run separately')
     p.add_argument('--probe-batches', type=int, default=40, help='with --equal-time: batches timed to estimate an epoch')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s own)')
+    p.add_argument('--n-train', type=int, default=500, help='train images per class of the subset')
+    p.add_argument('--n-val', type=int, default=50, help='val images per class of the subset')
+    p.add_argument('--quick', action='store_true', help='a test on a CPU: 5 classes of the bundled sample (20 train / 10 val each), '
+                   'sizes 16,24, 1 epoch each, bs 32, no loader workers; with --equal-time the baseline at 16 px, 4 probe batches')
     a = p.parse_args(argv)
-    if not a.data: p.error('give --data or set TINY_IMAGENET to the full Tiny ImageNet')
+    if a.quick:
+        a.data,a.subset,a.sizes,a.epochs,a.bs,a.num_workers = None,None,'16,24','1,1',32,0
+        a.classes,a.n_train,a.n_val = QUICK_SUBSET['classes'],QUICK_SUBSET['n_train'],QUICK_SUBSET['n_val']
+        a.baseline_sizes,a.probe_batches = '16',4
+    elif not a.data: p.error('give --data or set TINY_IMAGENET to the full Tiny ImageNet')
     if a.equal_time and a.only: p.error('--equal-time runs both contenders (ours gives the time budget)')
     warnings.filterwarnings('ignore')
     if a.threads: __import__('torch').set_num_threads(a.threads)
@@ -174,10 +158,11 @@ def main(argv=None):
         t0 = time.time(); r = fn(); r['wall_s'] = time.time() - t0; r['name'] = name; rows.append(r)
         print(f"{name}: top-1 {r['top1']:.3f}, {r['wall_s']:.0f} s", flush=True)
     print(f"\n`python bench/accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}` on {os.cpu_count()} cores "
-          f"({cpu_name()}), torch {__import__('torch').__version__}, {a.classes} classes x 500 train / 50 val, "
+          f"({cpu_name()}), torch {__import__('torch').__version__}, {a.classes} classes x {a.n_train} train / {a.n_val} val, "
           f"sizes {a.sizes} px, epochs {a.epochs}, bs {a.bs}, lr {a.lr}\n")
     print('| recipe | params | top-1 | top-5 | wall time |\n|---|---|---|---|---|')
     for r in rows: print(f"| {r['name']} | {r['params']/1e6:.2f}M | {r['top1']:.3f} | {r['top5']:.3f} | {r['wall_s']:.0f} s |")
+    return rows
 
 
 if __name__ == '__main__': main()

@@ -1,7 +1,7 @@
 """What every benchmark script here shares: the machine it ran on and how busy it was.
 
 The scripts import it as `from common import ...` (Python puts the script's folder, `bench/`, on the path)."""
-import os, platform, sys
+import os, platform, sys, tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,3 +20,60 @@ def machine() -> str:
     "One line naming the machine: CPU, cores, Python, torch"
     import torch
     return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+# ------------------------------------------------------------------ the data of the benchmarks: a subset of Tiny ImageNet
+QUICK_SUBSET = dict(classes=5, n_train=20, n_val=10)   # --quick: 100 train / 50 val images of the bundled sample, seconds per epoch on a CPU
+
+def subset(data=None, dest=None, classes:int=20, n_train:int=500, n_val:int=50, tmp=None, seed:int=0) -> Path:
+    """`classes` classes of Tiny ImageNet `data` (an archive or a folder; None: the bundled 10-class sample), `n_train` train
+    and `n_val` val images each, made by `make_subset(seed=0)` in `dest` (default: `tmp/subset{classes}`), or `dest` as it is
+    if it exists already. An archive is extracted into `tmp` (default: a new temp folder)."""
+    from tiny_fastai.data import get_tiny_imagenet, make_subset, sample_path
+    tmp = Path(tmp) if tmp is not None else Path(tempfile.mkdtemp(prefix='tiny-bench-'))
+    dest = Path(dest) if dest is not None else tmp/f'subset{classes}'
+    if dest.exists(): return dest
+    src = sample_path() if data is None else Path(data)
+    full = get_tiny_imagenet(src) if src.is_dir() else get_tiny_imagenet(src, dest=tmp/'full')
+    return make_subset(full, dest, n_classes=classes, n_train=n_train, n_val=n_val, seed=seed)
+
+# ------------------------------------------------------------------ the stock-fastai baseline
+def stock_dls(path, size:int, bs:int=64, num_workers=None, min_scale:float=1.):
+    """Stock fastai's loaders on the images and labels of Tiny ImageNet at `path` (train: train/, valid: the val set): a
+    `DataBlock` with `Resize(64)`, `aug_transforms(size=size, min_scale=min_scale)` and ImageNet's statistics"""
+    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, Resize, aug_transforms, Normalize, imagenet_stats
+    from tiny_fastai.data import scan
+    info = scan(path)
+    items = [f for f,_ in info.train + info.valid]
+    lbl = {f: info.names[w] for f,w in info.train + info.valid}
+    n = len(info.train)
+    db = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=lambda f: lbl[f],
+                   splitter=lambda o: (list(range(n)), list(range(n, len(items)))),
+                   item_tfms=Resize(64), batch_tfms=[*aug_transforms(size=size, min_scale=min_scale), Normalize.from_stats(*imagenet_stats)])
+    return db.dataloaders(items, bs=bs, num_workers=num_workers)
+
+def stock_learner(dls):
+    "fastai's `xresnet18` with its own head, plain cross-entropy, top-1 and top-5 (top-k of all classes below 5)"
+    from fastai.vision.all import Learner, xresnet18, accuracy, top_k_accuracy, CrossEntropyLossFlat
+    from functools import partial
+    top5 = partial(top_k_accuracy, k=min(5, dls.c)); top5.__name__ = 'top5'
+    return Learner(dls, xresnet18(n_out=dls.c), loss_func=CrossEntropyLossFlat(), metrics=[accuracy, top5])
+
+def stock_fastai(path, sizes, epochs, lr:float=3e-3, bs:int=64, seed:int=42, num_workers=None, min_scale:float=1., log:bool=True) -> dict:
+    """The stock-fastai baseline, as a fastai user would start: `stock_dls` at each of `sizes` (rebuilt per stage),
+    `xresnet18`, `fit_one_cycle(epochs[i], lr)` per stage. Returns top-1, top-5, parameters and seconds of training."""
+    import time
+    from fastai.vision.all import set_seed
+    set_seed(seed, reproducible=True)
+    learn,train_s = None,0.
+    for size,n in zip(sizes, epochs):
+        dls = stock_dls(path, size, bs, num_workers, min_scale)
+        if learn is None: learn = stock_learner(dls)
+        else: learn.dls = dls
+        t = time.time()
+        with learn.no_bar():
+            if log: learn.fit_one_cycle(n, lr)
+            else:
+                with learn.no_logging(): learn.fit_one_cycle(n, lr)
+        train_s += time.time() - t
+    _,top1,top5 = learn.validate()
+    return dict(top1=float(top1), top5=float(top5), params=sum(p.numel() for p in learn.model.parameters()), train_s=train_s)

@@ -9,35 +9,22 @@ Prints one markdown table: top-1 on the 500 val images, the seconds of training 
 run, and the load average before and after each. Rows run one after another in one process, alternating if `--repeat`.
 
     python bench/demo.py [--repeat 1] [--threads N]
+    python bench/demo.py --quick      # a test on a CPU, in seconds: 1 epoch per stage on 5 classes of the sample (100/50 images)
 """
-import argparse, os, platform, sys, time, tempfile, warnings
+import argparse, os, sys, time, tempfile, warnings
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
-from common import cpu_model, load, machine   # (and the checkout on the path)
+from common import load, machine, subset, stock_fastai, QUICK_SUBSET   # (and the checkout on the path)
 import torch
 warnings.filterwarnings('ignore')
-from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, aug_transforms, Normalize, imagenet_stats, Resize,
-                               Learner, xresnet18, accuracy, CrossEntropyLossFlat, set_seed)
-from tiny_fastai.data import scan, sample_path
+from tiny_fastai.data import sample_path
 from tiny_fastai.recipe import train_recipe
 
 
 def stock(path, size, epochs, bs=64, lr=3e-3, seed=42, workers=None):
-    "Stock fastai on the same images and labels: aug_transforms at `size`, xresnet18, fit_one_cycle"
-    lay = scan(path)
-    items = [f for f,_ in lay.train + lay.valid]
-    lbl = {f: lay.names[w] for f,w in lay.train + lay.valid}
-    n = len(lay.train)
-    set_seed(seed, reproducible=True)
-    db = DataBlock(blocks=(ImageBlock, CategoryBlock), get_y=lambda f: lbl[f],
-                   splitter=lambda o: (list(range(n)), list(range(n, len(items)))),
-                   item_tfms=Resize(64), batch_tfms=[*aug_transforms(size=size), Normalize.from_stats(*imagenet_stats)])
-    dls = db.dataloaders(items, bs=bs, num_workers=workers)
-    learn = Learner(dls, xresnet18(n_out=len(dls.vocab)), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
-    t = time.time()
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    train_s = time.time() - t
-    return dict(top1=learn.validate()[1], train_s=train_s)
+    "Stock fastai on the same images and labels: aug_transforms at `size`, xresnet18, fit_one_cycle (`common.stock_fastai`)"
+    r = stock_fastai(path, [size], [epochs], lr=lr, bs=bs, seed=seed, num_workers=workers, log=False)
+    return dict(top1=r['top1'], train_s=r['train_s'])
 
 def ours(out, seed=42, **kw):
     r = train_recipe('demo', out=out, seed=seed, restart=True, **kw)
@@ -47,26 +34,33 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--repeat', type=int, default=1, help='rounds of all rows')
     p.add_argument('--threads', type=int, default=None, help='PyTorch threads for the stock rows (ours sets its own)')
+    p.add_argument('--quick', action='store_true', help='a test on a CPU: 1 epoch per stage, 5 classes of the sample, 16 px stock rows')
+    p.add_argument('--out', default=None, help='where the runs go (default: a temp folder)')
     a = p.parse_args(argv)
-    path,out = sample_path(),Path(tempfile.mkdtemp(prefix='demo_bench_'))
+    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix='demo_bench_'))
+    path = subset(dest=out/'data', tmp=out, **QUICK_SUBSET) if a.quick else sample_path()
+    q = dict(data=path, epochs=(1,1), num_workers=0) if a.quick else {}
+    e32,e64,s64 = (1,1,16) if a.quick else (8,16,64)
     rows = []
     for k in range(a.repeat):
-        for name,fn in (('tiny_fastai demo (`tiny-fastai train`)', lambda: ours(out/'ours')),
-                        ('stock fastai: xresnet18, aug_transforms(size=32), fit_one_cycle(8, 3e-3)', lambda: stock(path, 32, 8)),
-                        ('stock fastai: xresnet18, aug_transforms(size=64), fit_one_cycle(16, 3e-3)', lambda: stock(path, 64, 16)),
+        for name,fn in (('tiny_fastai demo (`tiny-fastai train`)', lambda: ours(out/'ours', **q)),
+                        (f'stock fastai: xresnet18, aug_transforms(size=32), fit_one_cycle({e32}, 3e-3)',
+                         lambda: stock(path, 32, e32, workers=0 if a.quick else None)),
+                        (f'stock fastai: xresnet18, aug_transforms(size={s64}), fit_one_cycle({e64}, 3e-3)',
+                         lambda: stock(path, s64, e64, workers=0 if a.quick else None)),
                         ('tiny_fastai, a larger model (`tiny-fastai train --arch small --epochs 8,16`)',
-                         lambda: ours(out/'small', arch='small', epochs=(8,16)))):
+                         lambda: ours(out/'small', arch='small', **{'epochs': (8,16), **q}))):
             if a.threads and 'stock' in name: torch.set_num_threads(a.threads)
             l0,t = load(),time.time()
             r = fn()
             rows.append(dict(name=name, wall_s=time.time()-t, load=f'{l0} -> {load()}', **r))
             print(f"{name}: {rows[-1]}", flush=True)
-    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor())
-    print(f"\n{cpu}, {os.cpu_count()} cores, torch {torch.__version__}; `python bench/demo.py {' '.join(argv or sys.argv[1:])}`\n")
-    print('| run | top-1 (500 val images) | TTA | training s | whole run s | load average (1 min) before -> after |')
+    print(f"\n{machine()}; `python bench/demo.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
+    print('| run | top-1 (%d val images) | TTA | training s | whole run s | load average (1 min) before -> after |' % (50 if a.quick else 500))
     print('|---|---|---|---|---|---|')
     for r in rows:
         tta = f"{r['top1_tta']:.3f}" if r.get('top1_tta') is not None else '-'
         print(f"| {r['name']} | {r['top1']:.3f} | {tta} | {r['train_s']:.0f} | {r['wall_s']:.0f} | {r['load']} |")
+    return rows
 
 if __name__ == '__main__': main()

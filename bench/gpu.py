@@ -32,7 +32,7 @@ from tiny_fastai.data import get_tiny_imagenet
 from tiny_fastai.loaders import tiny_dls, resize_dls
 from tiny_fastai.models import get_arch, count_macs
 from tiny_fastai.recipe import train_recipe
-from tiny_fastai.plan import get_recipe
+from tiny_fastai.plan import get_recipe, resolve_plan
 from tiny_fastai.learner import get_opt, wd_splitter
 
 warnings.filterwarnings('ignore')
@@ -235,7 +235,7 @@ def main(argv=None):
     steps,warmup = (3,1) if a.quick else (20,5)
     r = get_recipe('sprint')
     if a.quick:
-        r.update(arch='tiny', bs=16, sizes=(16,32), epochs=(1,2), lrs=(0.1,0.1))
+        r = resolve_plan('sprint', arch='tiny', bs=16, sizes=(16,32), epochs=(1,2), lrs=(0.1,0.1))   # a frozen Recipe: no update()
         torch.set_num_threads(1)   # a test on a shared CPU: PyTorch's spinning threads would fight the other processes
     devname = f"{torch.cuda.get_device_name(dev)} ({torch.cuda.get_device_properties(dev).total_memory/2**30:.0f} GiB)" if gpu else 'cpu (no GPU)'
     cmd = 'python ' + ' '.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))

@@ -3,6 +3,8 @@
 
 Usage: python bench/loaders_fast.py [DATA] [--sizes 16 32 64] [--bs 128] [--workers 2] [--aug default]
                                     [--paths datablock fast fast-imgaug] [--cache-dir DIR] [--max-batches N]
+       python bench/loaders_fast.py --quick [--cache-dir DIR]   (a test on a CPU, in seconds: the bundled sample, 16 and
+       32 px, 3 batches of 32 per pass, no workers, every path)
 DATA: an extracted Tiny ImageNet folder or archive (default: $TINY_IMAGENET).
 The time counts the whole pass (worker start-up included, the one-off cache build excluded, reported apart) and the
 batch transforms (`IntToFloatTensor`, `BatchResize`, `Normalize`) on the loader's device. Beside images/second it
@@ -16,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
 from common import cpu_model, load, machine   # bench/common.py (and the checkout on the path)
 import torch
-from tiny_fastai.data import get_tiny_imagenet
+from tiny_fastai.data import get_tiny_imagenet, sample_path
 from tiny_fastai.loaders import tiny_dls
 
 warnings.filterwarnings('ignore')
@@ -57,7 +59,10 @@ def main(argv=None):
     p.add_argument('--max-batches', type=int, default=None, help='stop each pass after this many batches (quick runs)')
     p.add_argument('--threads', type=int, default=1, help="PyTorch threads of the main process, which runs the batch "
                    "transforms here (default 1: the loader workers already use every core; 0 leaves PyTorch's default)")
+    p.add_argument('--quick', action='store_true', help='a test on a CPU: the bundled sample, sizes 16 32, bs 32, 3 batches per pass, '
+                   'no workers, all three paths')
     a = p.parse_args(argv)
+    if a.quick: a.data,a.sizes,a.bs,a.workers,a.max_batches,a.paths = str(sample_path()),[16, 32],32,0,3,list(PATHS)
     if a.data is None: p.error('give the Tiny ImageNet archive or folder (or set TINY_IMAGENET)')
     if a.threads: torch.set_num_threads(a.threads)
     try: a.aug = float(a.aug)

@@ -6,18 +6,11 @@ import numpy as np
 from PIL import Image
 from tiny_fastai.cli import main
 from tiny_fastai.data import make_subset, sample_path
+from conftest import run_main, venv_bin
 
-BIN = str(Path(sys.executable).parent/'tiny-fastai')
+BIN = venv_bin('tiny-fastai')
 def cli(*args, cwd=None):
     return subprocess.run([BIN] + [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=900)
-
-def run_main(*args):
-    "`main(args)` in this process: (exit code, stdout, stderr)"
-    o, e = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        try: code = main([str(a) for a in args])
-        except SystemExit as x: code = x.code
-    return code, o.getvalue(), e.getvalue()
 
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
@@ -149,3 +142,29 @@ def test_read_only_out(tmp_path, monkeypatch):
     monkeypatch.setattr(os, 'access', lambda p, mode, **k: False if Path(p) == ro else real(p, mode, **k))   # as chmod 555 does (not for root)
     code, _, err = run_main('train', '--out', ro, '--data', tmp_path/'missing')
     assert code == 2 and len(err.strip().splitlines()) == 1 and f'--out {ro} cannot be written' in err, err
+
+_HELP_PROBE = '''import sys
+from tiny_fastai.cli import main
+try: main(sys.argv[1:])
+except SystemExit as e: print('exit', e.code)
+print('fastai' in sys.modules, 'torch' in sys.modules)'''
+
+def test_cli_import_is_light():
+    "Importing the CLI imports neither fastai nor torch (what makes `tiny-fastai --help` instant)"
+    r = subprocess.run([sys.executable, '-c', "import tiny_fastai.cli; import sys; print('fastai' in sys.modules, 'torch' in sys.modules)"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ['False', 'False'], r.stdout + r.stderr[-2000:]
+
+@pytest.mark.parametrize('args', [['--help'], ['train', '--help'], ['evaluate', '--help'], ['predict', '--help']])
+def test_help_imports_no_fastai(args):
+    "Every --help of the CLI prints its usage and exits 0 without importing fastai or torch"
+    r = subprocess.run([sys.executable, '-c', _HELP_PROBE, *args], capture_output=True, text=True, timeout=120)
+    out = r.stdout.splitlines()
+    assert r.returncode == 0 and out[-2:] == ['exit 0', 'False False'], r.stdout[-2000:] + r.stderr[-2000:]
+    assert out[0].startswith('usage: tiny-fastai' + ''.join(' ' + a for a in args[:-1]))
+
+def test_help_command():
+    "`tiny-fastai --help` (the installed console script) exits 0 with the usage and the three commands"
+    r = cli('--help')
+    assert r.returncode == 0 and r.stdout.startswith('usage: tiny-fastai ') and not r.stderr, r.stderr[-2000:]
+    assert all(c in r.stdout for c in ('train', 'evaluate', 'predict'))

@@ -6,7 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-def _bin(name): return str(Path(sys.executable).parent/name)
+from conftest import venv_bin as _bin   # the console scripts of this Python's environment
 
 def _torchrun(args, cwd, timeout=600):
     "Run `torchrun --standalone --nproc_per_node=2 ARGS` (a free port, so that parallel test runs do not collide)"
@@ -85,9 +85,8 @@ def test_rank0_error_reaches_all(ranks):
 
 @pytest.mark.parametrize('loader', ['datablock', 'fast'])
 def test_loaders(ranks, loader):
-    "The `DataBlock` loader of `tiny_dls` and the array loader of `tiny_dls(fast=True)` train and predict under `DistribDL`"
+    "The `DataBlock` loader of `tiny_dls` and the array loader of `tiny_dls(cache=True)` train and predict under `DistribDL`"
     d0,d1 = [r['data'][loader] for r in ranks]
-    if isinstance(d0, str): pytest.skip(f"tiny_dls(fast=True) is not available here: {d0}")
     assert d0['params'] == d1['params']
     for d in (d0, d1):
         assert (d['n_train'], d['n_valid'], d['batches']) == (1000, 500, 20)   # one epoch: 500 train items a rank, bs 24
@@ -98,15 +97,21 @@ def test_loaders(ranks, loader):
         assert d0['evaluate']['n_valid'] == 500 and _close(d0['evaluate']['top1'], d0['plain_acc'])
         assert 0 <= d0['evaluate']['top1_tta'] <= 1
 
-def _cli_integrated():
-    src = (ROOT/'tiny_fastai'/'learner.py').read_text() + (ROOT/'tiny_fastai'/'recipe.py').read_text()
-    return 'distrib_training' in src and 'get_preds_all' in src
+def test_recipe_uses_distrib():
+    """The CLI's path runs through tiny_fastai.distrib: train_recipe trains under `distrib_training`, `evaluate` gathers with
+    `get_preds_all`, `progressive_fit` reads the checkpoint on rank 0 (the torchrun test below checks it end to end)"""
+    import inspect
+    import tiny_fastai.distrib as D, tiny_fastai.fit as fit, tiny_fastai.evaluate as ev, tiny_fastai.recipe as rc
+    uses = [(rc, 'train_recipe', ('init_distrib', 'distrib_training', 'rank0_first', 'local_bs', 'no_gather')),
+            (ev, 'evaluate', ('get_preds_all',)), (fit, 'progressive_fit', ('on_rank0',))]
+    for mod,fn,names in uses:
+        src = inspect.getsource(getattr(mod, fn))
+        for n in names:
+            assert getattr(mod, n) is getattr(D, n), f"{mod.__name__}.{n} is not tiny_fastai.distrib.{n}"
+            assert f'{n}(' in src, f"{mod.__name__}.{fn} no longer calls tiny_fastai.distrib.{n}"
 
 def test_cli_demo_torchrun(tmp_path):
     "`torchrun --nproc_per_node=2 --no-python tiny-fastai train` on CPU finishes; rank 0 alone writes complete results"
-    if not _cli_integrated():
-        pytest.skip("tiny_fastai/learner.py and recipe.py do not use tiny_fastai.distrib (distrib_training, get_preds_all) yet: "
-                    "the integration of issue #6 into the CLI is pending")
     out = tmp_path/'run'
     r = _torchrun(['--no-python', _bin('tiny-fastai'), 'train', '--out', str(out), '--epochs', '1,1', '--sizes', '16,32',
                    '--lr', 'find,3e-3', '--sched', 'stages'], cwd=tmp_path)

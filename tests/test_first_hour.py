@@ -5,7 +5,6 @@ import json, sys, pytest, torch
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from pathlib import Path
-from tiny_fastai.data import make_subset, sample_path
 from tiny_fastai.loaders import tiny_dls
 from tiny_fastai.files import figures_to_files, save_figures
 from tiny_fastai.learner import tiny_learner
@@ -16,11 +15,7 @@ from tiny_fastai.callbacks import ThrottledProgress, PlainProgress
 from tiny_fastai.recipe import train_recipe, evaluate_model, cpu_estimate
 from tiny_fastai.plan import resolve_plan
 import tiny_fastai.recipe as recipe
-from test_cli import run_main
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_subset(sample_path(), tmp_path_factory.mktemp('data')/'tiny', n_classes=5, n_train=20, n_val=10)
+from conftest import run_main
 
 FAST = dict(sizes=[16, 32], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False, sched='stages')
 

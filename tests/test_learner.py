@@ -13,10 +13,7 @@ from tiny_fastai.fit import progressive_fit, cycle_slice
 from tiny_fastai.evaluate import evaluate
 from tiny_fastai.callbacks import MixCut, EMA, apply_ema, HFlip
 from tiny_fastai.infer import export_learner, load_model_file
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_subset(sample_path(), tmp_path_factory.mktemp('data')/'tiny', n_classes=5, n_train=20, n_val=10)
+from conftest import StopAfterEpoch   # the callback that interrupts a run, shared with test_recipe.py
 
 @pytest.fixture(scope='module')
 def sample_dls():
@@ -116,23 +113,10 @@ def test_compile_model_same_outputs_and_exportable(data, tmp_path):
     assert learn.model._compiled_call_impl is not None                   # still compiled after the export
     assert len(load_model_file(tmp_path/'m.pkl').dls.vocab) == 5
 
-class _Stop(Callback):
-    "Interrupt the run after the checkpoint of epoch `at` was written (as a kill would, but in this process)"
-    order = 90
-    def __init__(self, at): self.at = at
-    def after_epoch(self):
-        if len(self.learn.run_progress.history) == self.at: raise KeyboardInterrupt
-
-class _Signal(Callback):
-    "Send this process `sig` at the first batch of epoch `at` (of the current fit)"
-    def __init__(self, sig, at): self.sig,self.at = sig,at
-    def before_batch(self):
-        if self.training and self.epoch == self.at and self.iter == 0: os.kill(os.getpid(), self.sig)
-
 def test_checkpoints_throttled_but_always_at_the_end(data, tmp_path):
     "With every_s large, only the end of a fit writes the checkpoint; history.csv follows every epoch"
     learn = tiny_learner(_dls(data), 'tiny', ckpt_every=1e9, path=tmp_path)
-    with pytest.raises(KeyboardInterrupt): learn.fit(3, 1e-3, cbs=_Stop(2))
+    with pytest.raises(KeyboardInterrupt): learn.fit(3, 1e-3, cbs=StopAfterEpoch(2))
     assert not learn.checkpoint.file.exists() and (tmp_path/'history.csv').read_text().count('\n') == 3
     learn.fit(2, 1e-3)
     assert len(read_checkpoint(learn.checkpoint.file)['history']) == 4
@@ -140,7 +124,7 @@ def test_checkpoints_throttled_but_always_at_the_end(data, tmp_path):
 def test_stale_signal_handler_steps_aside(data, tmp_path):
     "After a fit that ended in an exception, Ctrl-C outside a fit interrupts at once as usual"
     learn = tiny_learner(_dls(data), 'tiny', path=tmp_path)
-    with pytest.raises(KeyboardInterrupt): learn.fit(2, 1e-3, cbs=_Stop(1))
+    with pytest.raises(KeyboardInterrupt): learn.fit(2, 1e-3, cbs=StopAfterEpoch(1))
     with pytest.raises(KeyboardInterrupt): os.kill(os.getpid(), signal.SIGINT); import time; time.sleep(1)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

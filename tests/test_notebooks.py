@@ -5,7 +5,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-def _bin(name): return str(Path(sys.executable).parent/name)
+from conftest import venv_bin as _bin   # the console scripts of this Python's environment
 
 def test_notebooks_run():
     "`nbdev-test` executes every notebook; cells flagged `#| slow` are skipped."
@@ -33,3 +33,36 @@ def test_readme_matches_index():
     parts = [''.join(c['source']).strip() for c in nb['cells'] if c['cell_type'] == 'markdown']
     want = '\n\n'.join(p for p in parts if p) + '\n'
     assert (ROOT/'README.md').read_text() == want, "README.md is out of date: run `python tools/make_readme.py`"
+
+MAX_OUTPUT = 80_000   # characters of one output as stored (JSON): pictures included
+
+def _output_text(o) -> str:
+    "The text a cell output shows: a stream, the text (and HTML, JSON...) of a result or display, an error's traceback"
+    if o.get('output_type') == 'stream': return ''.join(o.get('text', ''))
+    if o.get('output_type') == 'error': return '\n'.join(o.get('traceback', [])) + o.get('evalue', '')
+    return '\n'.join(''.join(v) if isinstance(v, list) else v for k,v in o.get('data', {}).items()
+                     if isinstance(v, (str, list)) and not k.startswith('image/'))
+
+def test_notebook_outputs_clean():
+    """Every notebook in nbs/ as committed: no output redraws a line with '\\r' (a progress bar: run it with the bars off),
+    none names a temporary path (/tmp/...: machine-specific, changes every run), none is over MAX_OUTPUT characters; and
+    the last cell is nbdev's hidden export cell (`#| hide`, `#| eval: false`, `nbdev_export()`)."""
+    import json
+    bad = []
+    nbs = sorted((ROOT/'nbs').glob('*.ipynb'))
+    assert nbs
+    for f in nbs:
+        cells = json.loads(f.read_text())['cells']
+        for i,c in enumerate(cells):
+            for o in c.get('outputs', []):
+                t = _output_text(o)
+                if '\r' in t: bad.append(f"{f.name} cell {i}: an output redraws with '\\r' ({t[:80]!r}...)")
+                if '/tmp/' in t: bad.append(f"{f.name} cell {i}: an output names a temporary path ({t[t.index('/tmp/'):][:60]!r})")
+                n = len(json.dumps(o))
+                if n > MAX_OUTPUT: bad.append(f"{f.name} cell {i}: an output of {n:,} characters (over {MAX_OUTPUT:,})")
+        last = cells[-1] if cells else {}
+        src = ''.join(last.get('source', ''))
+        lines = [l.strip() for l in src.splitlines()]
+        if not (last.get('cell_type') == 'code' and '#| hide' in lines and '#| eval: false' in lines and 'nbdev_export(' in src):
+            bad.append(f"{f.name}: the last cell is not nbdev's hidden export cell (#| hide, #| eval: false, nbdev_export()): {src[:80]!r}")
+    assert not bad, f"{len(bad)} problem(s) in the notebooks' outputs:\n" + '\n'.join(bad)

@@ -12,11 +12,7 @@ from tiny_fastai.checkpoint import read_checkpoint, CheckpointError, CKPT_FORMAT
 from tiny_fastai.plan import PlanError
 from tiny_fastai.callbacks import NanLossError
 from tiny_fastai.models import check_rules, get_arch
-from test_learner import _Stop, _Signal   # the callbacks that interrupt a run, shared with the learner's tests
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_subset(sample_path(), tmp_path_factory.mktemp('data')/'tiny', n_classes=5, n_train=20, n_val=10)
+from conftest import StopAfterEpoch, SignalAt   # the callbacks that interrupt a run, shared with the learner's tests
 
 FAST = dict(sizes=[16, 32], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False, sched='stages')
 METRICS = ('train_loss', 'valid_loss', 'top1', 'top5')
@@ -126,7 +122,7 @@ def test_presets_obey_the_rules():
 def test_long_run_features_resume_exactly(data, tmp_path):
     "The full recipe's loop (SGD, one cycle, MixCut, EMA, array cache) interrupted and resumed gives an uninterrupted run's metrics"
     kw = dict(data=data, arch='tiny', sizes=[16, 32], epochs=[1, 2], lrs=[0.05], bs=16, num_workers=0, seed=1, tta=False, device='cpu')   # a GPU preset on the CPU: asked for
-    with pytest.raises(KeyboardInterrupt): train_recipe('full', out=tmp_path/'a', cbs=[_Stop(2)], **kw)
+    with pytest.raises(KeyboardInterrupt): train_recipe('full', out=tmp_path/'a', cbs=[StopAfterEpoch(2)], **kw)
     a = train_recipe('full', out=tmp_path/'a', **kw)
     b = train_recipe('full', out=tmp_path/'b', **kw)
     assert [h['run'] for h in a.history] == [1, 2, 2] and a.ema == get_recipe('full').ema   # epoch 2 had no checkpoint yet
@@ -139,7 +135,7 @@ def test_signal_finishes_the_epoch_saves_and_stops(data, tmp_path, sig):
     "Ctrl-C or SIGTERM: the epoch in progress finishes, the checkpoint is written, the run stops and resumes from there"
     kw = dict(data=data, sizes=[16, 32], epochs=[3, 1], lrs=[2e-3], bs=16, num_workers=0, seed=1, tta=False)
     with pytest.raises(KeyboardInterrupt, match='stopped after epoch 2'):
-        train_recipe('demo', out=tmp_path, cbs=[_Signal(sig, 1)], **kw)
+        train_recipe('demo', out=tmp_path, cbs=[SignalAt(sig, 1)], **kw)
     assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)    # handlers given back
     assert len(read_checkpoint(tmp_path/'models'/'ckpt.pth')['history']) == 2
     res = train_recipe('demo', out=tmp_path, **kw)
@@ -166,20 +162,20 @@ def test_resume_with_other_data_refused(data, tmp_path):
     "A checkpoint trained on other images (same class names) is not resumed on these"
     other = make_subset(sample_path(), tmp_path/'other'/'tiny', n_classes=5, n_train=20, n_val=10, seed=0)
     import shutil; f = sorted((other/'train').rglob('*.JPEG'))[0]; shutil.copy(f, f.with_name('extra_0.JPEG'))
-    with pytest.raises(KeyboardInterrupt): train_recipe('demo', out=tmp_path/'run', data=data, cbs=[_Stop(2)], **{**FAST, 'epochs': [2, 1]})
+    with pytest.raises(KeyboardInterrupt): train_recipe('demo', out=tmp_path/'run', data=data, cbs=[StopAfterEpoch(2)], **{**FAST, 'epochs': [2, 1]})
     with pytest.raises(CheckpointError, match='data: checkpoint has'):
         train_recipe('demo', out=tmp_path/'run', data=other, **{**FAST, 'epochs': [2, 1]})
 
 def test_finished_stages_keep_their_learning_rate(data, tmp_path):
     "Resuming with another --lr changes only the stages not yet finished; results.json records what was run"
-    with pytest.raises(KeyboardInterrupt): train_recipe('demo', out=tmp_path, data=data, cbs=[_Stop(1)], **FAST)
+    with pytest.raises(KeyboardInterrupt): train_recipe('demo', out=tmp_path, data=data, cbs=[StopAfterEpoch(1)], **FAST)
     res = train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'lrs': [1e-3]})
     assert [s['lr'] for s in res.stages] == [2e-3, 1e-3] and [h['lr'] for h in res.history] == [2e-3, 1e-3]
 
 def test_restart_removes_the_old_results_first(data, tmp_path):
     "--restart: a killed restart never leaves the old model and results beside the new checkpoint"
     train_recipe('demo', out=tmp_path, data=data, **FAST)
-    with pytest.raises(KeyboardInterrupt): train_recipe('demo', out=tmp_path, data=data, restart=True, cbs=[_Stop(1)], **FAST)
+    with pytest.raises(KeyboardInterrupt): train_recipe('demo', out=tmp_path, data=data, restart=True, cbs=[StopAfterEpoch(1)], **FAST)
     assert not (tmp_path/'results.json').exists() and not (tmp_path/'model.pkl').exists()
 
 def test_results_json_is_strict_json():
