@@ -312,7 +312,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'tiny_fastai.distrib._portable': ('distrib.html#_portable', 'tiny_fastai/distrib.py'),
                                      'tiny_fastai.distrib._shard': ('distrib.html#_shard', 'tiny_fastai/distrib.py'),
                                      'tiny_fastai.distrib._to_detach_local': ('distrib.html#_to_detach_local', 'tiny_fastai/distrib.py'),
-                                     'tiny_fastai.distrib._want_cuda': ('distrib.html#_want_cuda', 'tiny_fastai/distrib.py'),
                                      'tiny_fastai.distrib.broadcast_object': ('distrib.html#broadcast_object', 'tiny_fastai/distrib.py'),
                                      'tiny_fastai.distrib.distrib_training': ('distrib.html#distrib_training', 'tiny_fastai/distrib.py'),
                                      'tiny_fastai.distrib.get_preds_all': ('distrib.html#get_preds_all', 'tiny_fastai/distrib.py'),

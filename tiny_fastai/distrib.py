@@ -19,14 +19,10 @@ __all__ = ['init_distrib', 'broadcast_object', 'on_rank0', 'rank0_first', 'local
            'revert_sync_batchnorm', 'DistribTrainer', 'distrib_training', 'no_gather', 'get_preds_all']
 
 # %% ../nbs/06_distrib.ipynb #dd307d2d
-def _want_cuda(device=None) -> bool:
-    if device is not None: return torch.device(device).type == 'cuda'
-    return torch.cuda.is_available() and bool(defaults.use_cuda if defaults.use_cuda is not None else True)
-
 def init_distrib(device=None):
     "Join the launcher's process group (NCCL on GPUs, gloo on CPU) and return this process's device; `None` in a single process"
     if not is_distributed(): return None
-    cuda = _want_cuda(device)
+    cuda = on_cuda(device)   # the package's one answer to "is it a GPU"
     if cuda:
         n = torch.cuda.device_count()
         if local_rank() >= n:

@@ -346,7 +346,7 @@ def load_safetensors(fname, cpu:bool=True) -> TinyModel:
     if nan is not None: raise ModelFileError(f"{st}: tensor {safe_text(nan)} holds NaN or infinite values: the model cannot predict")
     model = get_arch(info.arch)(n_out=info.n_out)
     model.load_state_dict(sd)
-    return TinyModel(model.to('cpu' if cpu else default_device()).eval(), info, st)
+    return TinyModel(model.to('cpu' if cpu else get_device()).eval(), info, st)
 
 def load_model(fname, cpu:bool=True):
     "The model of a run folder or model.safetensors/model.json (no pickle); a model.pkl only when named (a pickle: it runs code)"
