@@ -13,7 +13,8 @@ from tiny_fastai.models import ARCHS, get_arch, sep_xresnet_tiny
 from tiny_fastai.cam import CamError, cam_head, head_maps, class_maps, pick_maps, cam_overlay, plot_top_losses_cam
 from tiny_fastai.data import make_subset, sample_path
 from tiny_fastai.loaders import tiny_dls
-from tiny_fastai.learner import tiny_learner, evaluate
+from tiny_fastai.learner import tiny_learner
+from tiny_fastai.evaluate import evaluate
 import tiny_fastai.evaluate as evaluate_mod
 
 @pytest.mark.parametrize('arch', list(ARCHS))
