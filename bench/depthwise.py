@@ -149,7 +149,7 @@ def _fmt(v): return f'{v:,.0f}' if isinstance(v, float) and abs(v) >= 100 else f
 # ------------------------------------------------------------------ the three steps
 COST, PRESETS, KERNEL = '1. cost model (H200 estimate)', '2. presets: training images/s', '3. depthwise kernel: forward + backward'
 
-NOTE_COEF = np.array([12.9, 4.4, 25.])   # /work/shared/notes/one-slot.md: us per GMAC, per M elements, per M depthwise outputs
+NOTE_COEF = np.array([12.9, 4.4, 25.])   # shared/notes/one-slot.md (beside the checkout): us per GMAC, per M elements, per M depthwise outputs
 
 def cost_step(rep, archs, sizes):
     "Each preset's H200 images/s against `dense`'s: with the note's coefficients, with a depthwise output as cheap as two elements (a fast kernel), and refitted"
