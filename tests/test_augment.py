@@ -53,14 +53,18 @@ def test_train_only():
 
 
 def _identical_layout(tmp_path, n=16):
-    "A one-class Tiny ImageNet layout in which every training image is the same picture"
+    "A two-class Tiny ImageNet layout (a classifier needs two) in which every image is the same picture"
     src = next((sample_path()/'train').glob('*/images/*.JPEG'))
     root = tmp_path/'tiny-imagenet-200'
-    (root/'train'/'n00000001'/'images').mkdir(parents=True); (root/'val'/'images').mkdir(parents=True)
-    (root/'wnids.txt').write_text('n00000001\n'); (root/'words.txt').write_text('n00000001\tthing, object\n')
-    for i in range(n): shutil.copy(src, root/'train'/'n00000001'/'images'/f'n00000001_{i}.JPEG')
-    shutil.copy(src, root/'val'/'images'/'val_0.JPEG')
-    (root/'val'/'val_annotations.txt').write_text('val_0.JPEG\tn00000001\t0\t0\t63\t63\n')
+    wnids = ['n00000001', 'n00000002']
+    (root/'val'/'images').mkdir(parents=True)
+    (root/'wnids.txt').write_text(''.join(w + '\n' for w in wnids))
+    (root/'words.txt').write_text(''.join(f'{w}\tthing {j}\n' for j,w in enumerate(wnids)))
+    for i in range(n):
+        w = wnids[i % 2]; (root/'train'/w/'images').mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root/'train'/w/'images'/f'{w}_{i}.JPEG')
+    for j,w in enumerate(wnids): shutil.copy(src, root/'val'/'images'/f'val_{j}.JPEG')
+    (root/'val'/'val_annotations.txt').write_text(''.join(f'val_{j}.JPEG\t{w}\t0\t0\t63\t63\n' for j,w in enumerate(wnids)))
     return root
 
 
@@ -85,8 +89,11 @@ def test_workers_get_their_own_random_state(tmp_path, reseed):
 
 
 def test_seed_reproducible_with_workers(tmp_path):
+    "seed_everything (the one seeding policy; loaders never reseed the process) makes the workers' augmentation repeat"
+    from tiny_fastai.core import seed_everything
     path = _identical_layout(tmp_path)
-    a, b = _worker_batches(path, True), _worker_batches(path, True)
+    seed_everything(0); a = _worker_batches(path, True)
+    seed_everything(0); b = _worker_batches(path, True)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 

@@ -2,8 +2,8 @@
 import subprocess, sys
 from pathlib import Path
 
-MODULES = ('core', 'files', 'data', 'augment', 'models', 'loaders', 'distrib', 'plan', 'checkpoint', 'callbacks', 'learner',
-           'fit', 'evaluate', 'infer', 'recipe', 'cli')
+MODULES = ('core', 'files', 'text', 'data', 'augment', 'models', 'loaders', 'distrib', 'plan', 'checkpoint', 'callbacks',
+           'learner', 'fit', 'cam', 'evaluate', 'infer', 'recipe', 'app', 'cli')
 
 def test_modules_listed():
     "MODULES is every module of the package (a new module is added here, so that the test below covers it)"

@@ -49,6 +49,7 @@ class NaNGuard(Callback):
         p,ck = self.learn.run_progress,getattr(self.learn, 'checkpoint', None)
         if p.current is not None:
             where = f"epoch {p.epochs_done+1} of {p.total_epochs} (stage {p.stage+1} of {len(p.stages)}, {p.current.size}px)"
+        elif ck is not None: where = f"epoch {p.epochs_done+1}"
         else: where = f"epoch {ep+1} of this fit"
         if ck is None: kept = "no checkpoint is kept (no Checkpoint callback)"
         elif ck.file.exists(): kept = f"the checkpoint of the last good epoch ({p.epochs_done}) is kept in {ck.file}"
