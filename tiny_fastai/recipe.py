@@ -170,7 +170,7 @@ def data_id(dls) -> str:
     "A fingerprint of the images and classes of `dls`: a checkpoint trained on other data is not resumed on these"
     h = hashlib.sha1('\n'.join(map(str, dls.vocab)).encode())
     for ds in (dls.train_ds, dls.valid_ds):
-        h.update('\n'.join(sorted(f'{Path(f).parent.name}/{Path(f).name}' for f in ds.items)).encode())
+        h.update(b'\n'.join(sorted(os.fsencode(f'{Path(f).parent.name}/{Path(f).name}') for f in ds.items)))   # names as the OS gives them: also those that are not UTF-8
     return h.hexdigest()[:12]
 
 def finite(o):
@@ -202,7 +202,7 @@ def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None,
     out = check_out(out if out is not None else Path('runs')/preset)   # a folder this user can write
     src = data if data is not None else r['data']
     init_distrib(device)
-    path = sample_path() if src is None else rank0_first(get_tiny_imagenet, src)
+    path = sample_path() if src is None else rank0_first(get_tiny_imagenet, src, background=r['cache'])   # the cache reads an archive itself
     device = torch.device(device) if device is not None else default_device()
     if device.type == 'cpu': num_workers = cpu_setup(num_workers)
     set_seed(seed, reproducible=deterministic or device.type == 'cpu')   # on a GPU, cuDNN's autotuner unless asked
