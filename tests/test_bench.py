@@ -33,3 +33,16 @@ def test_scale_epochs_fits_the_budget():
     assert gb.scale_epochs([10, 14, 16], [5, 5, 8], 1000) == [10, 14, 16]
     e = gb.scale_epochs([10, 14, 16], [5, 5, 8], 200)
     assert sum(n*c for n,c in zip(e, [5, 5, 8])) <= 200 and all(n >= 1 for n in e) and e[2] > e[0]
+
+
+def test_data_prep_quick(tmp_path):
+    "bench/data_prep.py --quick times today's way and the streaming way to the cache, and a second run's start, on the sample"
+    spec = importlib.util.spec_from_file_location('data_prep', ROOT/'bench'/'data_prep.py')
+    dp = importlib.util.module_from_spec(spec); spec.loader.exec_module(dp)
+    res = dp.main(['--quick', '--work', str(tmp_path/'w'), '--json', str(tmp_path/'r.json')])
+    st = res['steps']
+    assert all(st[k] > 0 for k in ('today_extract', 'today_check_images', 'today_build_cache', 'stream_loaders_ready',
+                                   'recipe_first_run_first_batch', 'recipe_second_run_first_batch'))
+    assert st['stream_folder_extracted'] >= st['stream_loaders_ready']
+    assert (tmp_path/'w'/'stream'/'tiny-imagenet-200'/'wnids.txt').exists()   # the background extraction finished
+    assert json.loads((tmp_path/'r.json').read_text())['steps'] == st and '| **train_recipe start' in res['markdown']
