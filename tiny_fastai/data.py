@@ -21,9 +21,9 @@ import tiny_fastai
 
 # %% auto #0
 __all__ = ['URL_TINY', 'TINY_STATS', 'SOURCE_FILE', 'LayoutError', 'ArchiveError', 'DownloadError', 'shown', 'read_text',
-           'class_names', 'find_bad_images', 'to_rgb', 'serve_early', 'open_image', 'Layout', 'scan', 'check_layout',
-           'make_subset', 'sample_path', 'pid_alive', 'file_sha256', 'archive_fingerprint', 'extracted_from',
-           'die_with_parent', 'archive_of', 'wait_extracted', 'archive_members', 'archive_layout', 'get_tiny_imagenet',
+           'class_names', 'find_bad_images', 'to_rgb', 'wait_extracted', 'serve_early', 'open_image', 'Layout', 'scan',
+           'check_layout', 'make_subset', 'sample_path', 'pid_alive', 'file_sha256', 'archive_fingerprint',
+           'extracted_from', 'die_with_parent', 'archive_of', 'archive_members', 'archive_layout', 'get_tiny_imagenet',
            'DiskFullError', 'fmt_bytes', 'free_space', 'check_space', 'is_disk_full', 'disk_full_message', 'tmp_path',
            'clean_tmp', 'tiny_stats']
 
@@ -128,6 +128,26 @@ def to_rgb(im:Image.Image) -> Image.Image:
         bg = Image.new('RGBA', im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, im.convert('RGBA'))
     return im.convert('RGB')
+
+_EXTRACTING = {}   # folder -> (the process extracting an archive into it, the process that started it, where its error comes)
+_ARCHIVES = {}     # folder -> the archive `get_tiny_imagenet(..., background=True)` got it from
+
+def wait_extracted(path) -> bool:
+    "Wait for the background extraction of the folder holding `path`, if one runs; whether there was one (an error if it failed)"
+    path = Path(path)
+    for final,(p,owner,errors) in list(_EXTRACTING.items()):
+        if final != path and final not in path.parents: continue
+        if os.getpid() == owner:
+            p.join(); _EXTRACTING.pop(final, None)
+            if p.exitcode and not errors.empty(): raise errors.get()   # its own error: a damaged archive, not Tiny ImageNet ...
+            ok = p.exitcode == 0
+        else:   # a forked loader worker cannot join its parent's child: it waits for the finished folder
+            while not (final/SOURCE_FILE).exists() and pid_alive(p.pid): time.sleep(0.1)
+            ok = (final/SOURCE_FILE).exists()
+        if not ok: raise ArchiveError(f"extracting {_ARCHIVES.get(final)} into {final} in the background failed (exit code "
+                                      f"{p.exitcode}); run get_tiny_imagenet on it to see why")
+        return True
+    return False
 
 _EARLY = {}   # file -> its bytes, read by `open_image` until the background extraction puts the file in place
 
@@ -398,9 +418,6 @@ def _extract(arch, dest):
     return final
 
 # %% ../nbs/02_data.ipynb #031910fe
-_EXTRACTING = {}   # folder -> (the process extracting an archive into it, the process that started it, where its error comes)
-_ARCHIVES = {}     # folder -> the archive `get_tiny_imagenet(..., background=True)` got it from
-
 def die_with_parent(ppid:int):
     "In a child process: end it when its parent `ppid` ends (on Linux the kernel does it at once; elsewhere a watchdog thread within 0.5 s)"
     try:
@@ -441,23 +458,6 @@ def _get_archive(arch, dest, background:bool) -> Path:
 def archive_of(path):
     "The archive the folder `path` comes from, if this process got it from `get_tiny_imagenet(..., background=True)`"
     return _ARCHIVES.get(Path(path))
-
-def wait_extracted(path) -> bool:
-    "Wait for the background extraction of the folder holding `path`, if one runs; whether there was one (an error if it failed)"
-    path = Path(path)
-    for final,(p,owner,errors) in list(_EXTRACTING.items()):
-        if final != path and final not in path.parents: continue
-        if os.getpid() == owner:
-            p.join(); _EXTRACTING.pop(final, None)
-            if p.exitcode and not errors.empty(): raise errors.get()   # its own error: a damaged archive, not Tiny ImageNet ...
-            ok = p.exitcode == 0
-        else:   # a forked loader worker cannot join its parent's child: it waits for the finished folder
-            while not (final/SOURCE_FILE).exists() and pid_alive(p.pid): time.sleep(0.1)
-            ok = (final/SOURCE_FILE).exists()
-        if not ok: raise ArchiveError(f"extracting {_ARCHIVES.get(final)} into {final} in the background failed (exit code "
-                                      f"{p.exitcode}); run get_tiny_imagenet on it to see why")
-        return True
-    return False
 
 def archive_members(arch):
     "(name, bytes) of each file in the .zip or tar archive `arch`, in archive order, read as one stream; an `ArchiveError` if it is damaged"
