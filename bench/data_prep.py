@@ -9,7 +9,7 @@ ARCHIVE: the Tiny ImageNet .tar.gz/.zip (default: $TINY_IMAGENET). --quick: an a
 (1,000 + 500 images, seconds). Everything is written under --work (default: a temporary folder, removed at the end).
 Prints a markdown table with the command, the machine and the load average (on a shared machine times move with the
 load: compare rows of one run only)."""
-import argparse, json, os, shutil, subprocess, sys, tarfile, tempfile, time, warnings
+import argparse, hashlib, json, os, resource, shutil, subprocess, sys, tarfile, tempfile, time, warnings
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
 from common import load, machine   # bench/common.py (and the checkout on the path)
@@ -37,9 +37,21 @@ def first_batch(arch, out, env, workers) -> dict:
     if r.returncode: raise RuntimeError(f"train_recipe failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
+def hash_files(files) -> str:
+    "BLAKE2b of the bytes of every file, in order (one thread: the page cache is warm, this is CPU and system calls)"
+    h = hashlib.blake2b()
+    for f in files:
+        with open(f, 'rb') as g: h.update(g.read())
+    return h.hexdigest()
+
+def cpu_s():
+    "CPU seconds used so far by this process and its finished children (decoding and extracting processes)"
+    return sum(getattr(resource.getrusage(w), a) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for a in ('ru_utime', 'ru_stime'))
+
 def timed(f, *args, **kwargs):
-    t = time.perf_counter(); r = f(*args, **kwargs)
-    return r,time.perf_counter()-t
+    "The result of `f`, and its (wall, CPU) seconds"
+    t,c = time.perf_counter(),cpu_s(); r = f(*args, **kwargs)
+    return r,(time.perf_counter()-t, cpu_s()-c)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -50,7 +62,7 @@ def main(argv=None):
     p.add_argument('--json', help='also write the results here')
     a = p.parse_args(argv)
     from tiny_fastai.data import get_tiny_imagenet, scan, sample_path, wait_extracted, file_sha256
-    from tiny_fastai.loaders import tiny_dls, _layout_caches   # today's build from the files, step by step
+    from tiny_fastai.loaders import tiny_dls, archive_caches, build_cache
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix='data_prep-'))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -62,21 +74,35 @@ def main(argv=None):
         cmd = 'python ' + ' '.join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
         res = dict(command=cmd, machine=machine(), archive=str(arch), load_start=load(), steps={})
         st = res['steps']
-        def say(k, v): st[k] = round(v, 2); print(f"{k}: {v:.2f} s (load {load()})", flush=True)
+        cpu = res['cpu_s'] = {}
+        def say(k, v):
+            v,c = v if isinstance(v, tuple) else (v, None)
+            st[k] = round(v, 2)
+            if c is not None: cpu[k] = round(c, 2)
+            print(f"{k}: {v:.2f} s" + (f", {c:.2f} s CPU" if c is not None else '') + f" (load {load()})", flush=True)
         print(f"machine: {machine()}; load average at start {load()}", flush=True)
         # today: extract, decode every image to check it, decode every image into the cache
         path,t = timed(get_tiny_imagenet, arch, dest=work/'today'); say('today_extract', t)
         lay,t = timed(scan, path, check_images=True); say('today_check_images', t)
-        _,t = timed(_layout_caches, lay, work/'today-cache', n_workers=a.workers, verbose=False); say('today_build_cache', t)
-        st['today_total'] = round(st['today_extract'] + st['today_check_images'] + st['today_build_cache'], 2)
+        def build(lay):   # what tiny_dls(cache=True) did after the check: both splits from the files
+            idx = {w:i for i,w in enumerate(lay.wnids)}
+            for split,rows in (('train', lay.train), ('valid', lay.valid)):
+                build_cache(lay.path, split, [f for f,_ in rows], [idx[w] for _,w in rows], work/'today-cache', n_workers=a.workers, verbose=False)
+        _,t = timed(build, lay); say('today_build_cache', t)
+        for d in (st, cpu): d['today_total'] = round(d['today_extract'] + d['today_check_images'] + d['today_build_cache'], 2)
         n = len(lay.train) + len(lay.valid)
         _,t = timed(file_sha256, arch); say('archive_sha256', t)
-        # the streaming way: the cache from the archive's bytes, the folder in the background
-        t0 = time.perf_counter()
+        files = [f for f,_ in lay.train + lay.valid]
+        _,t = timed(lambda: [os.stat(f) for f in files]); say('files_stat_key', t)   # what the key of a folder's cache reads
+        _,t = timed(hash_files, files); say('files_bytes_hash', t)   # what a key from the files' bytes would cost at every load
+        # the streaming way: the cache from the archive's bytes; alone, then with the folder extracted in the background
+        _,t = timed(archive_caches, arch, work/'alone'/'tiny-imagenet-200', work/'alone-cache', n_workers=a.workers, verbose=False)
+        say('stream_cache_alone', t)
+        t0,c0 = time.perf_counter(),cpu_s()
         p2 = get_tiny_imagenet(arch, dest=work/'stream', background=True)
         tiny_dls(p2, cache=True, check_images=True, decode_workers=a.workers, num_workers=0, device='cpu', verbose=False)
         say('stream_loaders_ready', time.perf_counter()-t0)
-        wait_extracted(p2); say('stream_folder_extracted', time.perf_counter()-t0)
+        wait_extracted(p2); say('stream_folder_extracted', (time.perf_counter()-t0, cpu_s()-c0))
         _,t = timed(tiny_dls, p2, cache=True, check_images=True, num_workers=0, device='cpu', verbose=False); say('stream_loaders_again', t)
         # a second run of the recipe on the same data, in fresh processes (the first builds what the second finds)
         env = dict(os.environ, FASTAI_HOME=str(work/'fastai'))
@@ -86,14 +112,18 @@ def main(argv=None):
         res['load_end'] = load()
         rows = [('extract the archive (today)', 'today_extract'), ('decode every image to check it (today)', 'today_check_images'),
                 ('decode every image into the cache (today)', 'today_build_cache'), ('**today: all three**', 'today_total'),
-                ('SHA-256 of the archive (the cache key)', 'archive_sha256'),
-                ('**streaming: archive -> cache, loaders ready**', 'stream_loaders_ready'),
+                ('SHA-256 of the archive (the key of its cache)', 'archive_sha256'),
+                ('stat of every file (the key of a folder\'s cache: size, times, inode)', 'files_stat_key'),
+                ('BLAKE2b of every file\'s bytes (a content key for a folder, not used)', 'files_bytes_hash'),
+                ('streaming: archive -> cache alone (no extraction beside it)', 'stream_cache_alone'),
+                ('**streaming: archive -> cache, loaders ready** (the folder extracting beside it)', 'stream_loaders_ready'),
                 ('streaming: the folder extracted in the background (done at)', 'stream_folder_extracted'),
                 ('streaming: loaders again (cache up to date)', 'stream_loaders_again'),
                 ('train_recipe start -> first batch, first run', 'recipe_first_run_first_batch'),
                 ('**train_recipe start -> first batch, second run**', 'recipe_second_run_first_batch')]
         md = [f"Getting {n:,} images of {arch.name} into the array cache ({a.workers or os.cpu_count()} decoding processes):\n",
-              '| step | seconds |', '|---|---|'] + [f'| {s} | {st[k]:.2f} |' for s,k in rows]
+              '| step | seconds | CPU seconds (all processes) |', '|---|---|---|'] + [
+              f"| {s} | {st[k]:.2f} | {cpu[k]:.2f} |" if k in cpu else f"| {s} | {st[k]:.2f} | |" for s,k in rows]
         md += ['', f"command: `{cmd}`", f"machine: {machine()}; load average (1/5/15 min) {res['load_start']} at start, {res['load_end']} at the end"]
         res['markdown'] = '\n'.join(md)
         print('\n' + res['markdown'])

@@ -76,6 +76,21 @@ def test_training_path_does_not_wait_for_the_extraction(subset, tmp_path, monkey
     assert p.exists()
 
 
+def test_one_extraction_for_several_processes(subset, tmp_path):
+    "A process (another DDP rank) that finds a live process extracting the archive waits for that one instead of extracting it again"
+    arch, d = _archive(subset, tmp_path/'s.tar.gz'), tmp_path/'d'
+    d.mkdir()
+    other = subprocess.Popen(['sleep', '60'])   # stands for the rank that extracts
+    try:
+        (d/f'.tiny-imagenet-200.partial-{other.pid}-x').mkdir()
+        before = {k.pid for k in psutil.Process().children()}
+        p = get_tiny_imagenet(arch, dest=d, background=True)
+        assert {k.pid for k in psutil.Process().children()} == before   # no second extraction started
+        get_tiny_imagenet(arch, dest=d)   # the other one finishes
+        assert tdata.wait_extracted(p) and (p/'wnids.txt').exists()
+    finally: other.kill(); other.wait()
+
+
 def test_rewritten_archive_same_size_and_time_is_read_again(tmp_path):
     "An archive replaced by another of the same size, put back with the old modification time, is not served the old cache"
     d = make_subset(SAMPLE, tmp_path/'sub', n_classes=3, n_train=5, n_val=5)

@@ -129,23 +129,25 @@ def to_rgb(im:Image.Image) -> Image.Image:
         im = Image.alpha_composite(bg, im.convert('RGBA'))
     return im.convert('RGB')
 
-_EXTRACTING = {}   # folder -> (the process extracting an archive into it, the process that started it, where its error comes)
+_EXTRACTING = {}   # folder -> (the process extracting an archive into it or None, the process that started it, where its error comes, its pid)
 _ARCHIVES = {}     # folder -> the archive `get_tiny_imagenet(..., background=True)` got it from
 
 def wait_extracted(path) -> bool:
     "Wait for the background extraction of the folder holding `path`, if one runs; whether there was one (an error if it failed)"
     path = Path(path)
-    for final,(p,owner,errors) in list(_EXTRACTING.items()):
+    for final,(p,owner,errors,pid) in list(_EXTRACTING.items()):
         if final != path and final not in path.parents: continue
-        if os.getpid() == owner:
+        if p is not None and os.getpid() == owner:
             p.join(); _EXTRACTING.pop(final, None)
             if p.exitcode and not errors.empty(): raise errors.get()   # its own error: a damaged archive, not Tiny ImageNet ...
             ok = p.exitcode == 0
-        else:   # a forked loader worker cannot join its parent's child: it waits for the finished folder
-            while not (final/SOURCE_FILE).exists() and pid_alive(p.pid): time.sleep(0.1)
-            ok = (final/SOURCE_FILE).exists()
-        if not ok: raise ArchiveError(f"extracting {_ARCHIVES.get(final)} into {final} in the background failed (exit code "
-                                      f"{p.exitcode}); run get_tiny_imagenet on it to see why")
+        else:   # another process's extraction (another rank's; a forked loader worker cannot join its parent's child)
+            while not (final/SOURCE_FILE).exists() and pid_alive(pid): time.sleep(0.1)
+            src = extracted_from(final) or {}
+            ok = src.get('archive') == str(_ARCHIVES.get(final))
+            if os.getpid() == owner: _EXTRACTING.pop(final, None)
+        if not ok: raise ArchiveError(f"extracting {_ARCHIVES.get(final)} into {final} in the background failed (process {pid}); "
+                                      "run get_tiny_imagenet on it to see why")
         return True
     return False
 
@@ -155,21 +157,24 @@ def serve_early(fn, b:bytes):
     "Until the file `fn` exists (its folder being extracted in the background), `open_image(fn)` decodes `b`, the bytes it will have"
     _EARLY[Path(fn)] = b
 
+def _early(fn):
+    "`fn`, or its bytes if `serve_early` gave them and it is not there yet"
+    if not _EARLY: return fn
+    p = Path(fn)
+    return io.BytesIO(_EARLY[p]) if p in _EARLY and not p.exists() else fn
+
 def open_image(fn) -> PILImage:
     "Open `fn` as an RGB `PILImage` as a person sees it, with an error naming the file if it cannot be decoded"
     if isinstance(fn, Image.Image): return PILImage(to_rgb(fn))   # already decoded (e.g. items of `test_dl`)
     if not isinstance(fn, (str, os.PathLike)): return PILImage.create(fn)   # tensors, arrays, bytes: as fastai does
     try:
-        p = Path(fn)
-        with Image.open(io.BytesIO(_EARLY[p]) if _EARLY and p in _EARLY and not p.exists() else fn) as im: return PILImage(to_rgb(im))
-    except FileNotFoundError:
-        if not wait_extracted(fn): raise
-        return open_image(fn)   # its folder was being extracted in the background: now it is there
+        with Image.open(_early(fn)) as im: return PILImage(to_rgb(im))
     except Image.DecompressionBombError as e:
         raise LayoutError(f"image {shown(fn)} is larger than PIL's decompression-bomb limit ({e}); it is not a Tiny ImageNet image: "
                           "remove or shrink it, raise PIL.Image.MAX_IMAGE_PIXELS if it is meant to be there, or pass "
                           "skip_bad=True (--skip-bad) to leave it out", bad=[fn]) from e
     except Exception as e:
+        if isinstance(e, FileNotFoundError) and wait_extracted(fn): return open_image(fn)   # its folder was being extracted: now it is there
         raise LayoutError(f"cannot decode image {shown(fn)} ({type(e).__name__}: {e}); run check_layout(path, check_images=True) "
                           "to list all such files, and pass skip_bad=True (--skip-bad) to leave them out", bad=[fn]) from e
 
@@ -446,13 +451,17 @@ def _get_archive(arch, dest, background:bool) -> Path:
     _ARCHIVES[final] = Path(arch).resolve()
     src = extracted_from(final)
     if final in _EXTRACTING or src is not None and src.get('fingerprint') == archive_fingerprint(arch): return final
+    for d in final.parent.glob('.tiny-imagenet-200.partial-*'):   # another process (another rank) is extracting it: wait for that one
+        m = re.match(r'\.tiny-imagenet-200\.partial-(\d+)-', d.name)
+        if m and int(m.group(1)) != os.getpid() and pid_alive(int(m.group(1))):
+            _EXTRACTING[final] = (None, os.getpid(), None, int(m.group(1))); return final
     ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn')
     errors = ctx.SimpleQueue()
     p = ctx.Process(target=_extract_child, args=(arch, dest, os.getpid(), errors), name='tiny_fastai extract')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)   # fork in a process with threads: the child only extracts
         p.start()
-    _EXTRACTING[final] = (p, os.getpid(), errors)
+    _EXTRACTING[final] = (p, os.getpid(), errors, p.pid)
     return final
 
 def archive_of(path):
