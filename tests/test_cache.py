@@ -80,15 +80,18 @@ def test_one_extraction_for_several_processes(subset, tmp_path):
     "A process (another DDP rank) that finds a live process extracting the archive waits for that one instead of extracting it again"
     arch, d = _archive(subset, tmp_path/'s.tar.gz'), tmp_path/'d'
     d.mkdir()
-    other = subprocess.Popen(['sleep', '60'])   # stands for the rank that extracts
+    other = subprocess.Popen([sys.executable, '-c', "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.lockf(f, fcntl.LOCK_EX); "
+                              "print('extracting', flush=True); time.sleep(60)", str(d/'.tiny-imagenet-200.extract.lock')],
+                             stdout=subprocess.PIPE, text=True)   # stands for the rank that extracts
     try:
-        (d/f'.tiny-imagenet-200.partial-{other.pid}-x').mkdir()
+        assert other.stdout.readline().strip() == 'extracting'
         before = {k.pid for k in psutil.Process().children()}
         p = get_tiny_imagenet(arch, dest=d, background=True)
         assert {k.pid for k in psutil.Process().children()} == before   # no second extraction started
-        get_tiny_imagenet(arch, dest=d)   # the other one finishes
+        get_tiny_imagenet(arch, dest=d)   # the other one finishes ...
+        other.kill(); other.wait()        # ... and ends
         assert tdata.wait_extracted(p) and (p/'wnids.txt').exists()
-    finally: other.kill(); other.wait()
+    finally: other.kill(); other.wait(); other.stdout.close()
 
 
 def test_rewritten_archive_same_size_and_time_is_read_again(tmp_path):

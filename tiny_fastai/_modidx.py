@@ -59,6 +59,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'tiny_fastai.data._early': ('data.html#_early', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data._extract': ('data.html#_extract', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data._extract_child': ('data.html#_extract_child', 'tiny_fastai/data.py'),
+                                  'tiny_fastai.data._extract_lock': ('data.html#_extract_lock', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data._find_root': ('data.html#_find_root', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data._folder': ('data.html#_folder', 'tiny_fastai/data.py'),
                                   'tiny_fastai.data._get_archive': ('data.html#_get_archive', 'tiny_fastai/data.py'),

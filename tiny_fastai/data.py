@@ -18,6 +18,8 @@ from fastai.vision.all import *
 from fastai.data.external import fastai_cfg
 from fastdownload import download_url
 import tiny_fastai
+try: import fcntl
+except ImportError: fcntl = None   # no lock on Windows
 
 # %% auto #0
 __all__ = ['URL_TINY', 'TINY_STATS', 'SOURCE_FILE', 'LayoutError', 'ArchiveError', 'DownloadError', 'shown', 'read_text',
@@ -129,24 +131,37 @@ def to_rgb(im:Image.Image) -> Image.Image:
         im = Image.alpha_composite(bg, im.convert('RGBA'))
     return im.convert('RGB')
 
-_EXTRACTING = {}   # folder -> (the process extracting an archive into it or None, the process that started it, where its error comes, its pid)
+_EXTRACTING = {}   # folder -> (the process extracting an archive into it, or None: another's; the process that started it; where its error comes)
 _ARCHIVES = {}     # folder -> the archive `get_tiny_imagenet(..., background=True)` got it from
+
+@contextmanager
+def _extract_lock(dest, wait:bool=True):
+    "Hold the lock of the background extraction into `dest` (a POSIX record lock: it goes with its process); without `wait`, `None` if another process holds it"
+    f = open(Path(dest)/'.tiny-imagenet-200.extract.lock', 'a')
+    try:
+        if fcntl is not None:
+            try: fcntl.lockf(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError:
+                if wait: raise
+                yield None; return
+        yield f
+    finally: f.close()
 
 def wait_extracted(path) -> bool:
     "Wait for the background extraction of the folder holding `path`, if one runs; whether there was one (an error if it failed)"
     path = Path(path)
-    for final,(p,owner,errors,pid) in list(_EXTRACTING.items()):
+    for final,(p,owner,errors) in list(_EXTRACTING.items()):
         if final != path and final not in path.parents: continue
         if p is not None and os.getpid() == owner:
             p.join(); _EXTRACTING.pop(final, None)
             if p.exitcode and not errors.empty(): raise errors.get()   # its own error: a damaged archive, not Tiny ImageNet ...
             ok = p.exitcode == 0
         else:   # another process's extraction (another rank's; a forked loader worker cannot join its parent's child)
-            while not (final/SOURCE_FILE).exists() and pid_alive(pid): time.sleep(0.1)
+            with _extract_lock(final.parent): pass   # held by the extracting process until it ends, or dies
             src = extracted_from(final) or {}
             ok = src.get('archive') == str(_ARCHIVES.get(final))
             if os.getpid() == owner: _EXTRACTING.pop(final, None)
-        if not ok: raise ArchiveError(f"extracting {_ARCHIVES.get(final)} into {final} in the background failed (process {pid}); "
+        if not ok: raise ArchiveError(f"extracting {_ARCHIVES.get(final)} into {final} in the background failed; "
                                       "run get_tiny_imagenet on it to see why")
         return True
     return False
@@ -443,7 +458,8 @@ def die_with_parent(ppid:int):
 
 def _extract_child(arch, dest, ppid, errors):
     die_with_parent(ppid)
-    try: _extract(arch, dest)
+    try:
+        with _extract_lock(Path(dest).expanduser()): _extract(arch, dest)   # after another process's extraction, if one runs: then nothing to do
     except BaseException as e:   # the parent raises it when it needs the folder
         try: errors.put(e)
         except Exception: errors.put(ArchiveError(f"{type(e).__name__}: {e}"))
@@ -457,17 +473,15 @@ def _get_archive(arch, dest, background:bool) -> Path:
     _ARCHIVES[final] = Path(arch).resolve()
     src = extracted_from(final)
     if final in _EXTRACTING or src is not None and src.get('fingerprint') == archive_fingerprint(arch): return final
-    for d in final.parent.glob('.tiny-imagenet-200.partial-*'):   # another process (another rank) is extracting it: wait for that one
-        m = re.match(r'\.tiny-imagenet-200\.partial-(\d+)-', d.name)
-        if m and int(m.group(1)) != os.getpid() and pid_alive(int(m.group(1))):
-            _EXTRACTING[final] = (None, os.getpid(), None, int(m.group(1))); return final
+    with _extract_lock(final.parent, wait=False) as free:
+        if free is None: _EXTRACTING[final] = (None, os.getpid(), None); return final   # another process (rank) extracts it: wait for that one
     ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn')
     errors = ctx.SimpleQueue()
     p = ctx.Process(target=_extract_child, args=(arch, dest, os.getpid(), errors), name='tiny_fastai extract')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)   # fork in a process with threads: the child only extracts
         p.start()
-    _EXTRACTING[final] = (p, os.getpid(), errors, p.pid)
+    _EXTRACTING[final] = (p, os.getpid(), errors)
     return final
 
 def archive_of(path):
