@@ -136,3 +136,15 @@ def test_models_quick():
     assert set(by) == {'tiny', 'small', 'xresnet18'} and all(r['ips'] > 0 and r['best_ips'] >= r['ips'] and r['macs'] > 0 for r in rows)
     assert by['xresnet18']['vs_xresnet18'] == 1 and by['tiny']['params'] == sum(p.numel() for p in get_arch('tiny')(n_out=200).parameters())
     assert by['tiny']['params'] < by['small']['params'] < by['xresnet18']['params']
+
+def test_data_prep_quick(tmp_path):
+    "bench/data_prep.py --quick times today's way and the streaming way to the cache, and a second run's start, on the sample"
+    spec = importlib.util.spec_from_file_location('data_prep', ROOT/'bench'/'data_prep.py')
+    dp = importlib.util.module_from_spec(spec); spec.loader.exec_module(dp)
+    res = dp.main(['--quick', '--work', str(tmp_path/'w'), '--json', str(tmp_path/'r.json')])
+    st = res['steps']
+    assert all(st[k] > 0 for k in ('today_extract', 'today_check_images', 'today_build_cache', 'stream_loaders_ready',
+                                   'recipe_first_run_first_batch', 'recipe_second_run_first_batch'))
+    assert st['stream_folder_extracted'] >= st['stream_loaders_ready']
+    assert (tmp_path/'w'/'stream'/'tiny-imagenet-200'/'wnids.txt').exists()   # the background extraction finished
+    assert json.loads((tmp_path/'r.json').read_text())['steps'] == st and '| **train_recipe start' in res['markdown']

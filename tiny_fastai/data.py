@@ -5,7 +5,7 @@
 # %% ../nbs/02_data.ipynb #4780f84a
 from __future__ import annotations
 from .core import *
-import os, errno, importlib.util, random, re, shutil, tarfile, tempfile, zipfile, zlib
+import io, os, errno, importlib.util, random, re, shutil, tarfile, tempfile, threading, time, warnings, zipfile, zlib, multiprocessing
 from contextlib import contextmanager
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +18,16 @@ import hashlib, json
 from fastai.vision.all import *
 from fastai.data.external import fastai_cfg
 from fastdownload import download_url
+import tiny_fastai
+try: import fcntl
+except ImportError: fcntl = None   # no lock on Windows
 from .files import pid_alive
 
 # %% auto #0
-__all__ = ['URL_TINY', 'TINY_STATS', 'SOURCE_FILE', 'LayoutError', 'ArchiveError', 'DownloadError', 'read_text', 'class_names',
-           'find_bad_images', 'to_rgb', 'open_image', 'Layout', 'scan', 'check_layout', 'make_subset', 'sample_path',
-           'archive_fingerprint', 'extracted_from', 'get_tiny_imagenet', 'tiny_stats']
+__all__ = ['URL_TINY', 'TINY_STATS', 'SOURCE_FILE', 'LayoutError', 'ArchiveError', 'DownloadError', 'shown', 'read_text',
+           'class_names', 'find_bad_images', 'to_rgb', 'wait_extracted', 'serve_early', 'open_image', 'Layout', 'scan',
+           'check_layout', 'make_subset', 'sample_path', 'file_sha256', 'archive_fingerprint', 'extracted_from',
+           'die_with_parent', 'archive_of', 'archive_members', 'archive_layout', 'get_tiny_imagenet', 'tiny_stats']
 
 # %% ../nbs/02_data.ipynb #4781496e
 URL_TINY = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
@@ -48,9 +52,16 @@ def _img_files(folder):
     try: return sorted(e.name for e in os.scandir(folder) if e.is_file() and Path(e.name).suffix.lower() in image_extensions)
     except (FileNotFoundError, NotADirectoryError): return []
 
+def shown(f) -> str:
+    "The name `f` for a message: printable also when it is not valid UTF-8 (its bytes escaped, e.g. `\\xff`)"
+    return os.fsencode(f).decode('utf-8', 'backslashreplace')
+
 def read_text(f) -> str:
     "The text of `f` as other systems and editors write it (UTF-8 with or without BOM, UTF-16 with BOM, Windows-1252)"
-    b = Path(f).read_bytes()
+    return _text(Path(f).read_bytes(), f)
+
+def _text(b:bytes, f) -> str:
+    "The text of the bytes `b` of the file `f` (see `read_text`)"
     if b.startswith((b'\xff\xfe', b'\xfe\xff')): encs = ['utf-16']
     else: encs = ['utf-8-sig', 'cp1252']
     for e in encs:
@@ -64,10 +75,12 @@ def _read_wnids(path):
         "(expected wnids.txt, words.txt, train/<wnid>/images/ and val/images/ with val/val_annotations.txt)")
     return read_text(f).split()
 
-def _read_annotations(path):
-    "List of (line number, file name, wnid) from `val/val_annotations.txt`, and the malformed lines"
+def _read_annotations(path): return _annotations(read_text(Path(path)/'val'/'val_annotations.txt'))
+
+def _annotations(text):
+    "List of (line number, file name, wnid) from the text of `val/val_annotations.txt`, and the malformed lines"
     rows,bad = [],[]
-    for i,line in enumerate(read_text(Path(path)/'val'/'val_annotations.txt').splitlines(), 1):
+    for i,line in enumerate(text.splitlines(), 1):
         if not line.strip(): continue
         parts = line.split('\t') if '\t' in line else line.split()
         if len(parts) < 2: bad.append(f"val/val_annotations.txt line {i} is malformed: {line!r}")
@@ -77,13 +90,15 @@ def _read_annotations(path):
 # %% ../nbs/02_data.ipynb #de7d869a
 def class_names(path) -> dict:
     "Map each wnid of `path/wnids.txt` to a unique readable name taken from `words.txt`"
-    path = Path(path); wnids = _read_wnids(path); ws = set(wnids)
-    words = {}
-    f = path/'words.txt'
-    if f.is_file():
-        for line in read_text(f).splitlines():
-            w,_,desc = line.partition('\t')
-            if w in ws and desc.strip(): words[w] = desc.split(',')[0].strip()
+    path = Path(path); f = path/'words.txt'
+    return _names(_read_wnids(path), read_text(f) if f.is_file() else '')
+
+def _names(wnids, words_text) -> dict:
+    "`class_names` from the wnids and the text of `words.txt`"
+    ws,words = set(wnids),{}
+    for line in words_text.splitlines():
+        w,_,desc = line.partition('\t')
+        if w in ws and desc.strip(): words[w] = desc.split(',')[0].strip()
     names = {w: words.get(w, w) for w in wnids}
     cnt = Counter(names.values())
     return {w: n if cnt[n]==1 else f'{n} ({w})' for w,n in names.items()}
@@ -116,18 +131,66 @@ def to_rgb(im:Image.Image) -> Image.Image:
         im = Image.alpha_composite(bg, im.convert('RGBA'))
     return im.convert('RGB')
 
+_EXTRACTING = {}   # folder -> (the process extracting an archive into it, or None: another's; the process that started it; where its error comes)
+_ARCHIVES = {}     # folder -> the archive `get_tiny_imagenet(..., background=True)` got it from
+
+@contextmanager
+def _extract_lock(dest, wait:bool=True):
+    "Hold the lock of the background extraction into `dest` (a POSIX record lock: it goes with its process); without `wait`, `None` if another process holds it"
+    f = open(Path(dest)/'.tiny-imagenet-200.extract.lock', 'a')
+    try:
+        if fcntl is not None:
+            try: fcntl.lockf(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError:
+                if wait: raise
+                yield None; return
+        yield f
+    finally: f.close()
+
+def wait_extracted(path) -> bool:
+    "Wait for the background extraction of the folder holding `path`, if one runs; whether there was one (an error if it failed)"
+    path = Path(path)
+    for final,(p,owner,errors) in list(_EXTRACTING.items()):
+        if final != path and final not in path.parents: continue
+        if p is not None and os.getpid() == owner:
+            p.join(); _EXTRACTING.pop(final, None)
+            if p.exitcode and not errors.empty(): raise errors.get()   # its own error: a damaged archive, not Tiny ImageNet ...
+            ok = p.exitcode == 0
+        else:   # another process's extraction (another rank's; a forked loader worker cannot join its parent's child)
+            with _extract_lock(final.parent): pass   # held by the extracting process until it ends, or dies
+            src = extracted_from(final) or {}
+            ok = src.get('archive') == str(_ARCHIVES.get(final))
+            if os.getpid() == owner: _EXTRACTING.pop(final, None)
+        if not ok: raise ArchiveError(f"extracting {_ARCHIVES.get(final)} into {final} in the background failed; "
+                                      "run get_tiny_imagenet on it to see why")
+        return True
+    return False
+
+_EARLY = {}   # file -> its bytes, read by `open_image` until the background extraction puts the file in place
+
+def serve_early(fn, b:bytes):
+    "Until the file `fn` exists (its folder being extracted in the background), `open_image(fn)` decodes `b`, the bytes it will have"
+    _EARLY[Path(fn)] = b
+
+def _early(fn):
+    "`fn`, or its bytes if `serve_early` gave them and it is not there yet"
+    if not _EARLY: return fn
+    p = Path(fn)
+    return io.BytesIO(_EARLY[p]) if p in _EARLY and not p.exists() else fn
+
 def open_image(fn) -> PILImage:
     "Open `fn` as an RGB `PILImage` as a person sees it, with an error naming the file if it cannot be decoded"
     if isinstance(fn, Image.Image): return PILImage(to_rgb(fn))   # already decoded (e.g. items of `test_dl`)
     if not isinstance(fn, (str, os.PathLike)): return PILImage.create(fn)   # tensors, arrays, bytes: as fastai does
     try:
-        with Image.open(fn) as im: return PILImage(to_rgb(im))
+        with Image.open(_early(fn)) as im: return PILImage(to_rgb(im))
     except Image.DecompressionBombError as e:
-        raise LayoutError(f"image {fn} is larger than PIL's decompression-bomb limit ({e}); it is not a Tiny ImageNet image: "
+        raise LayoutError(f"image {shown(fn)} is larger than PIL's decompression-bomb limit ({e}); it is not a Tiny ImageNet image: "
                           "remove or shrink it, raise PIL.Image.MAX_IMAGE_PIXELS if it is meant to be there, or pass "
                           "skip_bad=True (--skip-bad) to leave it out", bad=[fn]) from e
     except Exception as e:
-        raise LayoutError(f"cannot decode image {fn} ({type(e).__name__}: {e}); run check_layout(path, check_images=True) "
+        if isinstance(e, FileNotFoundError) and wait_extracted(fn): return open_image(fn)   # its folder was being extracted: now it is there
+        raise LayoutError(f"cannot decode image {shown(fn)} ({type(e).__name__}: {e}); run check_layout(path, check_images=True) "
                           "to list all such files, and pass skip_bad=True (--skip-bad) to leave them out", bad=[fn]) from e
 
 # %% ../nbs/02_data.ipynb #5b8e2f14
@@ -215,6 +278,7 @@ def scan(path,                   # a Tiny ImageNet folder in the official layout
          max_list:int=20         # problems listed in the error message
         ) -> Layout:
     "Read Tiny ImageNet at `path` into a `Layout`, or raise a `LayoutError` listing every problem"
+    wait_extracted(path)   # a folder `get_tiny_imagenet(..., background=True)` is still extracting
     path = _folder(path)
     wnids,full,probs = _classes(path, full)
     train,p = _train_items(path, wnids, full); probs += p
@@ -224,7 +288,7 @@ def scan(path,                   # a Tiny ImageNet folder in the official layout
         bad = find_bad_images([f for f,_ in train+valid])
         if bad and not skip_bad:
             probs += [f"{len(bad)} image(s) cannot be decoded (pass skip_bad=True, or --skip-bad, to leave them out):"] + \
-                     [f"  {f.relative_to(path)}" for f in bad]
+                     [f"  {shown(f.relative_to(path))}" for f in bad]
     if len(probs) == 1: raise LayoutError(f"{path} is not a valid Tiny ImageNet folder: {probs[0]}", problems=probs, bad=bad)   # one line
     if probs:
         more = f"\n - ... and {len(probs)-max_list} more" if len(probs) > max_list else ""
@@ -333,13 +397,22 @@ def _find_root(out):
 
 SOURCE_FILE = '.source.json'   # in an extracted folder: which archive it came from
 
+_SHA = {}   # (file, size, times, inode) -> SHA-256: one hash per process of a file not written since
+
+def file_sha256(fname) -> str:
+    "The SHA-256 of the bytes of `fname` (0.1 s for the 145 MB archive, with the CPU's SHA instructions)"
+    st = os.stat(fname)
+    k = (os.path.abspath(fname), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)   # a write changes the change time
+    if k not in _SHA:
+        h = hashlib.sha256()
+        with open(fname, 'rb') as f:
+            while b := f.read(2**22): h.update(b)
+        _SHA[k] = h.hexdigest()
+    return _SHA[k]
+
 def archive_fingerprint(arch) -> dict:
-    "What identifies an archive cheaply: its size, modification time and a hash of its first and last MiB"
-    st,h = Path(arch).stat(),hashlib.sha1()
-    with open(arch, 'rb') as f:
-        h.update(f.read(2**20))
-        if st.st_size > 2**20: f.seek(max(2**20, st.st_size - 2**20)); h.update(f.read())
-    return dict(size=st.st_size, mtime_ns=st.st_mtime_ns, sha1_ends=h.hexdigest())
+    "What identifies an archive: its size and the SHA-256 of its bytes (an archive rewritten with the same size and time is another)"
+    return dict(size=Path(arch).stat().st_size, sha256=file_sha256(arch))
 
 def extracted_from(folder) -> dict:
     "The record of the archive `folder` was extracted from (None if it has none)"
@@ -376,10 +449,98 @@ def _extract(arch, dest):
         _clean_partials(dest, mine=True)
     return final
 
+# %% ../nbs/02_data.ipynb #031910fe
+def die_with_parent(ppid:int):
+    "In a child process: end it when its parent `ppid` ends (on Linux the kernel does it at once; elsewhere a watchdog thread within 0.5 s)"
+    try:
+        import ctypes, signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except Exception: pass   # not Linux: the watchdog alone
+    if os.getppid() != ppid: os._exit(1)   # the parent died before this was set
+    def watch():
+        while os.getppid() == ppid: time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+def _extract_child(arch, dest, ppid, errors):
+    die_with_parent(ppid)
+    try:
+        with _extract_lock(Path(dest).expanduser()): _extract(arch, dest)   # after another process's extraction, if one runs: then nothing to do
+    except BaseException as e:   # the parent raises it when it needs the folder
+        try: errors.put(e)
+        except Exception: errors.put(ArchiveError(f"{type(e).__name__}: {e}"))
+        os._exit(1)
+
+def _get_archive(arch, dest, background:bool) -> Path:
+    "The folder `arch` is extracted to in `dest`, now or (with `background`) in a background process"
+    if not background: return _extract(arch, dest)
+    final = Path(dest).expanduser()/'tiny-imagenet-200'
+    final.parent.mkdir(parents=True, exist_ok=True)   # now: the array cache goes beside the folder
+    _ARCHIVES[final] = Path(arch).resolve()
+    src = extracted_from(final)
+    if final in _EXTRACTING or src is not None and src.get('fingerprint') == archive_fingerprint(arch): return final
+    with _extract_lock(final.parent, wait=False) as free:
+        if free is None: _EXTRACTING[final] = (None, os.getpid(), None); return final   # another process (rank) extracts it: wait for that one
+    ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn')
+    errors = ctx.SimpleQueue()
+    p = ctx.Process(target=_extract_child, args=(arch, dest, os.getpid(), errors), name='tiny_fastai extract')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)   # fork in a process with threads: the child only extracts
+        p.start()
+    _EXTRACTING[final] = (p, os.getpid(), errors)
+    return final
+
+def archive_of(path):
+    "The archive the folder `path` comes from, if this process got it from `get_tiny_imagenet(..., background=True)`"
+    return _ARCHIVES.get(Path(path))
+
+def archive_members(arch):
+    "(name, bytes) of each file in the .zip or tar archive `arch`, in archive order, read as one stream; an `ArchiveError` if it is damaged"
+    try:
+        if _archive_kind(arch) == 'zip':
+            with zipfile.ZipFile(arch) as z:
+                for i in z.infolist():
+                    if not i.is_dir(): yield i.filename, z.read(i)
+        else:
+            with tarfile.open(arch, 'r|*') as t:
+                for m in t:
+                    if m.isfile(): yield m.name, t.extractfile(m).read()
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise ArchiveError(f"{arch} is truncated or corrupt ({type(e).__name__}: {e}); nothing was kept from it") from e
+
+def archive_layout(folder, names, texts:dict) -> Layout:
+    "The `Layout` `scan` reads in `folder` once the archive with member `names` and text files `texts` (name -> bytes) is extracted there; `None` if that is not exactly the official layout"
+    tops = [n[:-len('wnids.txt')] for n in texts if n.endswith('wnids.txt') and n.count('/') <= 1 and n.rpartition('/')[2] == 'wnids.txt']
+    if len(tops) != 1 or any(tops[0]+f not in texts for f in ('words.txt', 'val/val_annotations.txt')): return None
+    top,folder = tops[0],Path(folder)
+    try: wl = _text(texts[top+'wnids.txt'], 'wnids.txt').split()
+    except LayoutError: return None
+    wnids = list(dict.fromkeys(wl))
+    if not wnids or len(wnids) != len(wl): return None
+    train,val,ws = {w: [] for w in wnids},set(),set(wnids)
+    for n in names:
+        if not n.startswith(top) or Path(n).suffix.lower() not in image_extensions: continue
+        p = n[len(top):].split('/')
+        if len(p) == 4 and p[0] == 'train' and p[2] == 'images':
+            if p[1] not in ws: return None
+            train[p[1]].append(p[3])
+        elif len(p) == 3 and p[:2] == ['val', 'images']: val.add(p[2])
+    full = len(wnids) == 200
+    if any(not fs or full and len(fs) != 500 for fs in train.values()): return None
+    try: rows,bad = _annotations(_text(texts[top+'val/val_annotations.txt'], 'val/val_annotations.txt'))
+    except LayoutError: return None
+    if bad or not rows or {f for _,f,_ in rows} != val or len(rows) != len(val) or any(w not in ws for _,_,w in rows): return None
+    if full and len(rows) != 10000: return None
+    try: words = _text(texts[top+'words.txt'], 'words.txt')
+    except LayoutError: return None
+    return Layout(folder, wnids, _names(wnids, words), [(folder/'train'/w/'images'/f, w) for w in wnids for f in sorted(train[w])],
+                  [(folder/'val'/'images'/f, w) for _,f,w in rows], [])
+
 # %% ../nbs/02_data.ipynb #1b37aaf8
 def get_tiny_imagenet(source=None, # URL (default `URL_TINY`), .zip/.tar.gz/.tgz archive, or extracted folder
                       dest=None,   # where archives are extracted (default: fastai's data folder)
-                      archive=None # where downloads go (default: fastai's archive folder)
+                      archive=None,# where downloads go (default: fastai's archive folder)
+                      background:bool=False # extract an archive in a background process (the array cache reads the archive itself)
                      ) -> Path:
     "Download and/or extract Tiny ImageNet as needed, check its layout, and return its `tiny-imagenet-200` folder"
     if str(source) == '': raise LayoutError("the data path is empty: give a Tiny ImageNet folder, archive or URL (--data)")
@@ -396,7 +557,7 @@ def get_tiny_imagenet(source=None, # URL (default `URL_TINY`), .zip/.tar.gz/.tgz
                 if isinstance(e, KeyboardInterrupt): raise
                 raise DownloadError(f"download of {url} to {arch} did not finish ({type(e).__name__}: {e}); "
                                     "nothing was kept, run again to retry") from e
-        try: return _extract(arch, ifnone(dest, fastai_cfg().path('data')))
+        try: return _get_archive(arch, ifnone(dest, fastai_cfg().path('data')), background)
         except ArchiveError as e:
             arch.unlink(missing_ok=True)
             raise ArchiveError(f"{e}; the downloaded file was deleted, run again to download it again") from e
@@ -405,7 +566,7 @@ def get_tiny_imagenet(source=None, # URL (default `URL_TINY`), .zip/.tar.gz/.tgz
     if p.is_dir():
         if not (p/'wnids.txt').exists() and (p/'tiny-imagenet-200'/'wnids.txt').exists(): p = p/'tiny-imagenet-200'
         scan(p); return p
-    if _archive_kind(p): return _extract(p, ifnone(dest, fastai_cfg().path('data')))
+    if _archive_kind(p): return _get_archive(p, ifnone(dest, fastai_cfg().path('data')), background)
     raise LayoutError(f"{p} is neither a folder nor a .zip/.tar.gz/.tgz archive")
 
 # %% ../nbs/02_data.ipynb #51aa711c

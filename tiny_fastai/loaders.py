@@ -5,7 +5,7 @@
 # %% ../nbs/05_loaders.ipynb #902fb6b7
 from __future__ import annotations
 from .core import *
-import os, time, hashlib, warnings, weakref, multiprocessing, zlib
+import os, io, gc, json, time, hashlib, warnings, weakref, multiprocessing, zlib
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -21,12 +21,13 @@ try: import fcntl
 except ImportError: fcntl = None   # no lock on Windows
 from .augment import default_augmenter, ImgAugTransform
 from .files import check_space, is_disk_full, disk_full_message, tmp_path, clean_tmp, figures_to_files
-from .data import TINY_STATS, Layout, scan, open_image
+from .data import (TINY_STATS, Layout, LayoutError, scan, open_image, to_rgb, shown, die_with_parent, archive_of, archive_members,
+                   archive_layout, serve_early, SOURCE_FILE, file_sha256)
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'CACHE_BLOCK', 'CACHE_CHECK_BYTES', 'ItemResize', 'BatchResize', 'tiny_datablock',
-           'default_cache_dir', 'ArrayCache', 'build_cache', 'FastDL', 'static_bs', 'tiny_dls', 'resize_dls',
-           'dls_size']
+           'default_cache_dir', 'ArrayCache', 'build_cache', 'archive_caches', 'FastDL', 'static_bs', 'tiny_dls',
+           'resize_dls', 'dls_size']
 
 # %% ../nbs/05_loaders.ipynb #5d1e3f24
 class ItemResize(Resize):
@@ -78,32 +79,45 @@ def tiny_datablock(layout:Layout, size=64, aug='default', item_size:int=64):
     return dblock,items,batch_aug
 
 # %% ../nbs/05_loaders.ipynb #26171b58
-CACHE_VERSION = 2          # 2: a CRC-32 of every block of images is kept beside the array
+CACHE_VERSION = 3          # 3: files' change time and inode in the key, undecodable images recorded, archives read directly
 CACHE_BLOCK = 256          # images per checksummed block
-CACHE_CHECK_BYTES = 2**31  # bytes of images checked against their CRC-32s at each load: all of a cache up to this size
+CACHE_CHECK_BYTES = 2**27  # bytes of images checked against their CRC-32s at each load: a random sample of blocks above this
+
+def _hash_name(path) -> str: return hashlib.sha1(os.fsencode(path)).hexdigest()[:8]
 
 def _fingerprint(root, files, labels, size) -> str:
+    "A key of `files` (under `root`) with `labels`: each one's name (as the bytes the OS gives), size, modification and change times, inode and label"
     h = hashlib.sha1(f'tiny_fastai cache {CACHE_VERSION} {size}\n'.encode())
     root = Path(root)
     for f,l in zip(files, labels):
         st = os.stat(f)
-        h.update(f'{Path(f).relative_to(root)}\t{st.st_size}\t{st.st_mtime_ns}\t{l}\n'.encode())
+        h.update(os.fsencode(Path(f).relative_to(root)) + f'\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}\t{st.st_ino}\t{l}\n'.encode())
     return h.hexdigest()[:16]
 
-def _decode(fn, size:int) -> np.ndarray:
-    "Decode `fn` as the DataBlock path does for the validation set: `open_image` then `ItemResize(size)` (centre crop)"
-    return np.asarray(ItemResize(size)(open_image(fn), split_idx=1))
+def _decode(src, size:int):
+    "Decode `src` (a file, or its bytes) as the DataBlock path does for the validation set: `open_image` then `ItemResize(size)` (centre crop); the error as text if it cannot"
+    try:
+        if isinstance(src, bytes):
+            with Image.open(io.BytesIO(src)) as im: im = PILImage(to_rgb(im))
+        else: im = open_image(src)
+    except LayoutError as e: return str(e.__cause__ or e)
+    except Exception as e: return f"{type(e).__name__}: {e}"
+    if im.size == (size, size): return np.asarray(im)   # what `ItemResize` returns, without its dispatch (120 us an image instead of 190)
+    return np.asarray(ItemResize(size)(im, split_idx=1))
 
 def _decode_into(args):
-    "Decode `files` into the images from `start` of the array file `fname` (data at `offset`); its first block, the blocks' CRC-32s"
-    fname,offset,start,files,size = args
-    sums = []
+    "Decode `srcs` into the images from `start` of the array file `fname` (data at `offset`); its first block, the blocks' CRC-32s, the (index, error) of those that cannot be decoded"
+    fname,offset,start,srcs,size = args
+    sums,bad = [],[]
     with open(fname, 'r+b') as f:   # plain writes, not a memory map: a full disk is an `OSError` here, not a SIGBUS
-        for i in range(0, len(files), CACHE_BLOCK):
-            a = np.stack([_decode(fn, size) for fn in files[i:i+CACHE_BLOCK]])
+        for i in range(0, len(srcs), CACHE_BLOCK):
+            ims = [_decode(s, size) for s in srcs[i:i+CACHE_BLOCK]]
+            for j,im in enumerate(ims):
+                if isinstance(im, str): bad.append((start+i+j, im)); ims[j] = np.zeros((size, size, 3), np.uint8)
+            a = np.stack(ims)
             f.seek(offset + (start+i)*a[0].nbytes); f.write(a)
             sums.append(zlib.crc32(a))
-    return start//CACHE_BLOCK,sums
+    return start//CACHE_BLOCK,sums,bad
 
 def _create(fname, shape) -> int:
     "Create the uint8 `.npy` file `fname` of `shape`, its space reserved where the OS can (so a full disk fails here); its data offset"
@@ -118,47 +132,71 @@ def _create(fname, shape) -> int:
     return offset
 
 def _run_all(f, tasks, n_workers:int, what) -> list:
-    "`f` on every task, in `n_workers` processes (forked where the OS can); a process that dies is an error naming `what`, not a hang"
+    "`f` on every task, in `n_workers` processes (forked where the OS can) that die with this one; a process that dies is an error naming `what`, not a hang"
     if n_workers <= 1 or len(tasks) <= 1: return [f(t) for t in tasks]
     ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)   # fork in a process with threads: the children only decode
         try:
-            with ProcessPoolExecutor(min(n_workers, len(tasks)), mp_context=ctx) as ex: return list(ex.map(f, tasks))
+            with ProcessPoolExecutor(min(n_workers, len(tasks)), mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
+                return list(ex.map(f, tasks))
         except BrokenProcessPool:
             raise RuntimeError(f"a process decoding images into {what} died (killed, or out of memory); nothing was kept: run again "
                                "(with decode_workers=1 to see its error)") from None
 
+def _xdg_cache() -> Path:
+    "`$XDG_CACHE_HOME`, or `~/.cache` when it is unset, empty or relative (the XDG rule: such a value is ignored)"
+    x = os.environ.get('XDG_CACHE_HOME', '')
+    return Path(x) if os.path.isabs(x) else Path.home()/'.cache'
+
 def default_cache_dir(path) -> Path:
-    "`path/.cache`, or a folder in `~/.cache/tiny_fastai` when `path` is not writable or is inside the installed package"
+    "`path/.cache`, or a folder in `$XDG_CACHE_HOME/tiny_fastai` (`~/.cache/tiny_fastai`) when `path` is not writable or is inside the installed package"
     path = Path(path).resolve()
     pkg = Path(tiny_fastai.__file__).resolve().parent
     if os.access(path, os.W_OK) and pkg not in path.parents: return path/'.cache'
-    base = Path(os.environ.get('XDG_CACHE_HOME', Path.home()/'.cache'))/'tiny_fastai'
-    return base/f"{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    return _xdg_cache()/'tiny_fastai'/f"{shown(path.name)}-{hashlib.sha1(os.fsencode(path)).hexdigest()[:10]}"
 
 # %% ../nbs/05_loaders.ipynb #b0f7911d
 class ArrayCache:
-    "Decoded images (memory-mapped uint8 `(N,H,W,3)`) and labels (int) of one split, read from the `.npy` files of `build_cache`"
-    def __init__(self, xf, yf): self.xf,self.yf = Path(xf),Path(yf); self._open()
+    "Decoded images (memory-mapped uint8 `(N,H,W,3)`) and labels (int) of one split, read from the `.npy` files of `build_cache`; only `rows` of them if given"
+    def __init__(self, xf, yf, rows=None, bad=()):
+        self.xf,self.yf,self.rows,self.bad = Path(xf),Path(yf),None if rows is None else np.asarray(rows, dtype=np.int64),list(bad)
+        self._open()
     def _open(self): self.x,self.y = np.load(self.xf, mmap_mode='r'),np.load(self.yf)
-    def __len__(self): return len(self.y)
+    def __len__(self): return len(self.y) if self.rows is None else len(self.rows)
     @property
     def size(self): return self.x.shape[1]
-    def __getstate__(self): return dict(xf=self.xf, yf=self.yf)
+    def get(self, idxs):
+        "Images and labels of the items `idxs` (indices into `rows` when it is set)"
+        if self.rows is not None: idxs = self.rows[idxs]
+        return self.x[idxs],self.y[idxs]
+    def __getstate__(self): return dict(xf=self.xf, yf=self.yf, rows=self.rows, bad=self.bad)
     def __setstate__(self, d): self.__dict__.update(d); self._open()
     def __repr__(self): return f"{type(self).__name__}({len(self)} images of {self.size}x{self.size}, {self.xf})"
 
 @contextmanager
+def _writable(cache_dir):
+    "A cache folder this user cannot write is one error naming it and the ways to move the cache"
+    try: yield
+    except PermissionError as e:
+        raise PermissionError(e.errno, f"cannot write the image cache in {cache_dir} ({e.strerror}: {e.filename}): pass tiny_dls a writable "
+                              f"cache_dir=..., or set XDG_CACHE_HOME to a writable folder (now {os.environ.get('XDG_CACHE_HOME')!r}; "
+                              "the cache goes there when the data folder is not writable)") from None
+
+@contextmanager
 def _locked(fname):
-    fname.parent.mkdir(parents=True, exist_ok=True)
-    with open(fname, 'w') as f:
-        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_EX)
+    "Hold the lock file `fname`: a POSIX record lock, which a forked child does not inherit and which goes with its process"
+    with _writable(fname.parent):
+        fname.parent.mkdir(parents=True, exist_ok=True)
+        f = open(fname, 'w')   # not inherited by programs it runs (O_CLOEXEC)
+    with f:
+        if fcntl is not None: fcntl.lockf(f, fcntl.LOCK_EX)
         try: yield
         finally:
-            if fcntl is not None: fcntl.flock(f, fcntl.LOCK_UN)
+            if fcntl is not None: fcntl.lockf(f, fcntl.LOCK_UN)
 
-def _sums_file(xf): return Path(xf).with_name(Path(xf).name[:-len('.x.npy')] + '.sum.npy')
+def _side(xf, ext): return Path(xf).with_name(Path(xf).name[:-len('.x.npy')] + ext)
+def _sums_file(xf): return _side(xf, '.sum.npy')
 
 def _bad_blocks(x, sums, budget:int=None) -> list:
     "The blocks of `x` whose CRC-32 is not the one in `sums`: all blocks up to `budget` bytes, else a random sample of that size"
@@ -167,11 +205,11 @@ def _bad_blocks(x, sums, budget:int=None) -> list:
     idxs = range(n) if k >= n else np.sort(np.random.default_rng().choice(n, k, replace=False))   # not the seeded global RNG
     return [int(i) for i in idxs if zlib.crc32(x[i*CACHE_BLOCK:(i+1)*CACHE_BLOCK]) != sums[i]]
 
-def _try_open(xf, yf, n, size, labels):
-    "The cache in `xf`, `yf` if it is complete, for these labels, and its images are those written (checked by `_bad_blocks`)"
-    sf = _sums_file(xf)
-    if not (xf.exists() and yf.exists() and sf.exists()): return None
-    try: c,sums = ArrayCache(xf, yf),np.load(sf)
+def _try_open(xf, n, size, labels):
+    "The cache in `xf` (and its `.y`, `.sum`, `.json` files) if it is complete, for these labels, and the blocks checked are as written"
+    yf,sf,mf = _side(xf, '.y.npy'),_sums_file(xf),_side(xf, '.json')
+    if not all(f.exists() for f in (xf, yf, sf, mf)): return None
+    try: c,sums,bad = ArrayCache(xf, yf),np.load(sf),json.loads(mf.read_text())['bad']
     except Exception: return None
     if c.x.shape != (n, size, size, 3) or not np.array_equal(c.y, labels) or len(sums) != -(-n//CACHE_BLOCK): return None
     bad = _bad_blocks(c.x, sums)
@@ -179,50 +217,145 @@ def _try_open(xf, yf, n, size, labels):
         warnings.warn(f"{xf}: the images of {len(bad)} block(s) differ from those written when it was built (first: images "
                       f"{bad[0]*CACHE_BLOCK} to {min(n, (bad[0]+1)*CACHE_BLOCK)-1}); it is built again")
         return None
+    c.bad = json.loads(mf.read_text())['bad']
     return c
 
-def build_cache(root, split:str, files, labels, cache_dir, size:int=64, n_workers:int=None, verbose:bool=True) -> ArrayCache:
-    "The `ArrayCache` of `files` (under `root`) with `labels`, from `cache_dir` if it is up to date, else decoded now"
+def _write(xf, srcs, labels, size, n_workers, verbose, what) -> list:
+    "Decode `srcs` (files or their bytes) into the cache `xf` with `labels` (its files written under temporary names, renamed when complete); the (index, error) of the undecodable ones"
+    cache_dir,n = xf.parent,len(srcs)
+    clean_tmp(cache_dir)   # what killed builds left
+    stem = xf.name.split('-')[0] + '-' + xf.name.split('-')[1]
+    for f in cache_dir.glob(f'{xf.name.rsplit("-", 1)[0]}-*'):   # this split's stale (or damaged) caches: their space may be needed
+        if f.suffix in ('.npy', '.json'): f.unlink(missing_ok=True)
+    nw,hint = ifnone(n_workers, os.cpu_count() or 1),"; free some space, or give tiny_dls another cache_dir"
+    check_space(xf, n*size*size*3 + 4*n + 2**16, hint)
+    if verbose: print(f"tiny_fastai: decoding {n:,} {what} into {xf} ({n*size*size*3/2**20:,.0f} MiB, {nw} processes)", flush=True)
+    yf,sf,mf = _side(xf, '.y.npy'),_sums_file(xf),_side(xf, '.json')
+    tmps = [tmp_path(f) for f in (xf, yf, sf, mf)]
+    try:
+        with disk_full_message(xf, hint):
+            offset = _create(tmps[0], (n, size, size, 3))
+            chunk = -(-max(256, min(4096, n//(4*nw) + 1))//CACHE_BLOCK)*CACHE_BLOCK
+            sums,bad = np.zeros(-(-n//CACHE_BLOCK), dtype=np.uint32),[]
+            for b,s,e in _run_all(_decode_into, [(tmps[0], offset, i, srcs[i:i+chunk], size) for i in range(0, n, chunk)], nw, xf):
+                sums[b:b+len(s)] = s; bad += e
+            for t,a in zip(tmps[1:3], (labels, sums)):
+                with open(t, 'wb') as f: np.save(f, a)
+            tmps[3].write_text(json.dumps(dict(n=n, bad=bad)))
+            for t,f in zip(tmps[1:], (yf, sf, mf)): os.replace(t, f)
+            os.replace(tmps[0], xf)   # the images last: a cache is complete when they are there
+    finally:
+        for t in tmps: t.unlink(missing_ok=True)
+    return bad
+
+def _bad_error(files, bad):
+    "The `LayoutError` for the undecodable images `bad` ((index, error) pairs) of `files`"
+    fs = [files[i] for i,_ in bad]
+    more = f" and {len(bad)-1} more ({', '.join(shown(f) for f in fs[1:6])}{' ...' if len(bad) > 6 else ''})" if len(bad) > 1 else ''
+    return LayoutError(f"cannot decode image {shown(fs[0])} ({bad[0][1]}){more}; pass skip_bad=True (--skip-bad) to leave "
+                       "undecodable images out", bad=fs)
+
+def _kept(c, files, skip_bad):
+    "The cache `c` of `files` without its undecodable images (with `skip_bad`), or the error naming them"
+    if not c.bad: return c
+    if not skip_bad: raise _bad_error(files, c.bad)
+    out = set(i for i,_ in c.bad)
+    return ArrayCache(c.xf, c.yf, rows=[i for i in range(len(c.y)) if i not in out], bad=[files[i] for i in sorted(out)])
+
+def build_cache(root, split:str, files, labels, cache_dir, size:int=64, n_workers:int=None, verbose:bool=True, skip_bad:bool=False) -> ArrayCache:
+    "The `ArrayCache` of `files` (under `root`) with `labels`, from `cache_dir` if it is up to date, else decoded now; undecodable images are an error, or (`skip_bad`) left out"
     files,labels,cache_dir = [Path(f) for f in files],np.asarray(labels, dtype=np.int16),Path(cache_dir)
     root = Path(root)
-    n,stem = len(files),f"{split}-{size}px-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]}"
-    fp = _fingerprint(root, files, labels, size)
-    xf,yf = cache_dir/f'{stem}-{fp}.x.npy',cache_dir/f'{stem}-{fp}.y.npy'
-    sf = _sums_file(xf)
-    c = _try_open(xf, yf, n, size, labels)
-    if c is not None: return c
-    with _locked(cache_dir/f'.{stem}.lock'):
-        c = _try_open(xf, yf, n, size, labels)    # built by another process while we waited
-        if c is not None: return c
-        t0 = time.time()
-        clean_tmp(cache_dir)   # what killed builds left
-        for f in cache_dir.glob(f'{stem}-*.npy'): f.unlink(missing_ok=True)   # this split's stale (or damaged) caches: their space may be needed
-        nw,hint = ifnone(n_workers, os.cpu_count() or 1),"; free some space, or give tiny_dls another cache_dir"
-        check_space(xf, n*size*size*3 + 4*n + 2**16, hint)
-        if verbose: print(f"tiny_fastai: decoding {n:,} {split} images into {xf} ({n*size*size*3/2**20:,.0f} MiB, {nw} processes)", flush=True)
-        tx,ty,ts = [tmp_path(f) for f in (xf, yf, sf)]
-        try:
-            with disk_full_message(xf, hint):
-                offset = _create(tx, (n, size, size, 3))
-                chunk = -(-max(256, min(4096, n//(4*nw) + 1))//CACHE_BLOCK)*CACHE_BLOCK
-                sums = np.zeros(-(-n//CACHE_BLOCK), dtype=np.uint32)
-                for b,s in _run_all(_decode_into, [(tx, offset, i, files[i:i+chunk], size) for i in range(0, n, chunk)], nw, xf):
-                    sums[b:b+len(s)] = s
-                for t,a in ((ty, labels), (ts, sums)):
-                    with open(t, 'wb') as f: np.save(f, a)
-                os.replace(ty, yf); os.replace(ts, sf); os.replace(tx, xf)
-        finally:
-            for t in (tx, ty, ts): t.unlink(missing_ok=True)
-        if verbose: print(f"tiny_fastai: {split} cache built in {time.time()-t0:.1f} s", flush=True)
-    return ArrayCache(xf, yf)
-
+    n = len(files)
+    xf = cache_dir/f"{split}-{size}px-{_hash_name(root.resolve())}-{_fingerprint(root, files, labels, size)}.x.npy"
+    c = _try_open(xf, n, size, labels)
+    if c is None:
+        with _locked(cache_dir/f'.{xf.name.rsplit("-", 1)[0]}.lock'), _writable(cache_dir):
+            c = _try_open(xf, n, size, labels)    # built by another process while we waited
+            if c is None:
+                t0 = time.time()
+                bad = _write(xf, files, labels, size, n_workers, verbose, f'{split} images')
+                if bad and not skip_bad:   # nothing is kept: the run stops here
+                    for e in ('.x.npy', '.y.npy', '.sum.npy', '.json'): _side(xf, e).unlink(missing_ok=True)
+                    raise _bad_error(files, bad)
+                if verbose: print(f"tiny_fastai: {split} cache built in {time.time()-t0:.1f} s", flush=True)
+                c = _try_open(xf, n, size, labels)
+    return _kept(c, files, skip_bad)
 
 # %% ../nbs/05_loaders.ipynb #8a4b6c57
-def _layout_caches(layout:Layout, cache_dir, size:int=64, n_workers:int=None, verbose:bool=True) -> list:
+def _layout_caches(layout:Layout, cache_dir, size:int=64, n_workers:int=None, verbose:bool=True, skip_bad:bool=False) -> list:
     "The `ArrayCache`s of the training and validation sets of `layout`"
     idx = {w:i for i,w in enumerate(layout.wnids)}
     return [build_cache(layout.path, split, [f for f,_ in rows], [idx[w] for _,w in rows], cache_dir, size=size,
-                        n_workers=n_workers, verbose=verbose) for split,rows in (('train', layout.train), ('valid', layout.valid))]
+                        n_workers=n_workers, verbose=verbose, skip_bad=skip_bad) for split,rows in (('train', layout.train), ('valid', layout.valid))]
+
+def _rows(layout, split): return layout.train if split == 'train' else layout.valid
+
+def _layout_json(lay:Layout) -> str:
+    rel = lambda rows: [[str(f.relative_to(lay.path)), w] for f,w in rows]
+    return json.dumps(dict(wnids=lay.wnids, names=lay.names, train=rel(lay.train), valid=rel(lay.valid)))
+
+def _read_layout(f, folder) -> Layout:
+    try: d = json.loads(Path(f).read_text())
+    except (OSError, ValueError): return None
+    folder = Path(folder)
+    return Layout(folder, d['wnids'], d['names'], *[[(folder/r, w) for r,w in d[k]] for k in ('train', 'valid')], [])
+
+def _serve_first(lay, arch, blobs=None):
+    "Until the folder of `lay` is extracted, let `open_image` read its first train and val images (what fastai's setup opens) from the archive's bytes"
+    if (lay.path/SOURCE_FILE).exists(): return
+    want = [f.relative_to(lay.path).as_posix() for f in (lay.train[0][0], lay.valid[0][0])]
+    for name,b in (blobs.items() if blobs is not None else archive_members(arch)):
+        for rel in want:
+            if name == rel or name.endswith('/' + rel): serve_early(lay.path/rel, b); want.remove(rel)
+        if not want: break
+
+def _archive_build(arch, folder, cache_dir, stem, key, size, n_workers, verbose):
+    "Read `arch` as a stream and decode its images into the caches of both splits; the `Layout` (None if not exactly the official layout)"
+    t0 = time.time()
+    if verbose: print(f"tiny_fastai: reading {arch}", flush=True)
+    blobs,texts = {},{}
+    for name,b in archive_members(arch):
+        if name.endswith('.txt') and not name.endswith('_boxes.txt'): texts[name] = b
+        elif Path(name).suffix.lower() in image_extensions: blobs[name] = b
+    lay = archive_layout(folder, blobs, texts)
+    if lay is None: return None
+    top = next(n for n in texts if n.rpartition('/')[2] == 'wnids.txt' and n.count('/') <= 1)[:-len('wnids.txt')]
+    _serve_first(lay, arch, blobs)
+    lf = cache_dir/f'layout-{stem}-{key}.json'
+    for f in cache_dir.glob(f'layout-{stem}-*.json'): f.unlink(missing_ok=True)
+    idx = {w:i for i,w in enumerate(lay.wnids)}
+    for split in ('train', 'valid'):
+        rows = _rows(lay, split)
+        srcs = [blobs.pop(top + f.relative_to(folder).as_posix()) for f,_ in rows]
+        _write(cache_dir/f'{split}-{stem}-{key}.x.npy', srcs, np.array([idx[w] for _,w in rows], np.int16), size,
+               n_workers, verbose, f'{split} images of {arch.name}')
+    t = tmp_path(lf); t.write_text(_layout_json(lay)); os.replace(t, lf)   # the layout last: with it the caches are complete
+    if verbose: print(f"tiny_fastai: caches of {arch.name} built in {time.time()-t0:.1f} s", flush=True)
+    return lay
+
+def archive_caches(arch, folder, cache_dir, size:int=64, n_workers:int=None, verbose:bool=True, skip_bad:bool=False):
+    "The `Layout` of `folder` (where `arch` is extracted) and the `ArrayCache`s of both splits, decoded from the archive's bytes; `None` if it is not exactly the official layout"
+    arch,folder,cache_dir = Path(arch),Path(folder),Path(cache_dir)
+    key = hashlib.sha1(f'tiny_fastai cache {CACHE_VERSION} {size} {file_sha256(arch)}'.encode()).hexdigest()[:16]
+    stem = f"{size}px-a{_hash_name(folder.resolve())}"   # one archive's caches per folder: another archive's replace them
+    def found():
+        lay = _read_layout(cache_dir/f'layout-{stem}-{key}.json', folder)
+        if lay is None: return None
+        idx = {w:i for i,w in enumerate(lay.wnids)}
+        cs = [_try_open(cache_dir/f'{split}-{stem}-{key}.x.npy', len(rows), size, np.array([idx[w] for _,w in rows], np.int16))
+              for split in ('train', 'valid') for rows in [_rows(lay, split)]]
+        return None if any(c is None for c in cs) else (lay, cs)
+    got,built = found(),False
+    if got is None:
+        with _locked(cache_dir/f'.{stem}.lock'), _writable(cache_dir):
+            got = found()   # built by another process while we waited
+            if got is None:
+                if _archive_build(arch, folder, cache_dir, stem, key, size, n_workers, verbose) is None: return None
+                got,built = found(),True
+    if not built: _serve_first(got[0], arch)   # the folder is not there yet (a killed run's extraction starts again): read them
+    lay,cs = got
+    return lay,[_kept(c, [f for f,_ in _rows(lay, s)], skip_bad) for c,s in zip(cs, ('train', 'valid'))]
 
 # %% ../nbs/05_loaders.ipynb #14098241
 def _samples(x, y): return [(TensorImage(torch.from_numpy(a).permute(2,0,1)), TensorCategory(b)) for a,b in zip(x, y)]
@@ -268,7 +401,8 @@ class FastDL(TfmdDL):
 
     def cached_batch(self, c, idxs):
         "The batch of items `idxs`, read from the cache `c` and augmented"
-        x,y = self._augment(c.x[idxs], c.y[idxs].astype(np.int64))
+        x,y = c.get(idxs)
+        x,y = self._augment(x, y.astype(np.int64))
         return (TensorImage(torch.from_numpy(np.ascontiguousarray(x)).permute(0,3,1,2).contiguous()),
                 TensorCategory(torch.from_numpy(np.asarray(y, dtype=np.int64))))
 
@@ -345,6 +479,36 @@ def static_bs(n:int, bs:int) -> int:
     d = max(d for d in range(1, min(bs, n)+1) if n % d == 0)
     return d if 2*d >= min(bs, n) else bs
 
+@contextmanager
+def _no_gc():
+    "Pause Python's cyclic garbage collector: making 110,000 paths and their tables sets off full collections over all that fastai allocated, which doubled the time of `tiny_dls` on a cache up to date (1.8 s of CPU, 0.9 s without); none of it makes cycles"
+    on = gc.isenabled(); gc.disable()
+    try: yield
+    finally:
+        if on: gc.enable()
+
+class _Items(list):
+    "A list of items whose repr is short: `DataBlock.datasets` formats its source into a message even when it does not print it (0.4 s for 110,000 paths)"
+    def __repr__(self): return f"[{len(self):,} items]"
+
+def _cached_layout(path, cache_dir, size, n_workers, verbose, skip_bad):
+    "The `Layout` at `path`, the caches of its splits (from its archive, when `get_tiny_imagenet(..., background=True)` gave `path`) and their folder"
+    layout,arch = None,archive_of(path)
+    if arch is not None:
+        cdir = Path(ifnone(cache_dir, default_cache_dir(Path(path).parent)))
+        got = archive_caches(arch, path, cdir, size, n_workers, verbose, skip_bad)
+        if got is not None: layout,caches = got   # else not exactly the official layout: `scan` of the extracted folder says what is wrong
+    if layout is None:
+        layout = scan(path)   # no decode check: building the cache decodes every image, and a cache up to date records the undecodable ones
+        cdir = Path(ifnone(cache_dir, default_cache_dir(layout.path)))
+        caches = _layout_caches(layout, cdir, size, n_workers, verbose, skip_bad)
+    bad = [f for c in caches for f in c.bad]
+    if bad:
+        if not len(caches[1]): raise LayoutError(f"{layout.path}: every val image is undecodable, so no val set is left to score the model", bad=bad)
+        bs = set(bad)
+        layout = Layout(layout.path, layout.wnids, layout.names, [o for o in layout.train if o[0] not in bs], [o for o in layout.valid if o[0] not in bs], bad)
+    return layout,caches,cdir
+
 @delegates(FastDL.__init__, but='dataset,do_setup,indexed,n,batch_size,shuffle,pin_memory_device,wif,before_iter,after_item,'
                                 'after_batch,after_iter,create_batches,create_item,create_batch,retain,get_idxs,sample,shuffle_fn,do_batch')
 def tiny_dls(path,                  # Tiny ImageNet folder (official layout), e.g. `get_tiny_imagenet()` or `sample_path()`
@@ -355,7 +519,7 @@ def tiny_dls(path,                  # Tiny ImageNet folder (official layout), e.
              seed:int=None,         # seed of the loaders' shuffling (the process's RNGs are `seed_everything`'s)
              device=None,           # device of the batches (None: fastai's default)
              item_size:int=64,      # size every item is resized to before batching (and the size of the cached images)
-             check_images:bool=False, # decode every image first and refuse if any fails
+             check_images:bool=False, # decode every image first and refuse if any fails (with `cache`: building the cache does it)
              skip_bad:bool=False,   # leave out undecodable images (implies `check_images`) instead of refusing
              cache:bool=False,      # serve the batches from a uint8 array cache of the decoded images (`FastDL`)
              cache_dir=None,        # with `cache`: where the arrays go (None: `default_cache_dir(path)`)
@@ -368,18 +532,18 @@ def tiny_dls(path,                  # Tiny ImageNet folder (official layout), e.
         warnings.warn("tiny_dls: `fast` is now called `cache`", DeprecationWarning, stacklevel=2); cache = kwargs.pop('fast')
     if not isinstance(bs, int) or bs < 1: raise ValueError(f"tiny_dls: bs (batch size) must be a positive integer, got {bs!r}")
     BatchResize(size)   # a bad size fails here, before any work
-    layout = scan(path, check_images=check_images or skip_bad, skip_bad=skip_bad)
-    if layout.bad: warnings.warn(f"tiny_dls: skipped {len(layout.bad)} undecodable image(s): " + ', '.join(str(f) for f in layout.bad[:5]))
     figures_to_files()   # a terminal session without a display: `show_batch` saves its picture (see below)
-    if cache:
-        cache_dir = Path(ifnone(cache_dir, default_cache_dir(layout.path)))
-        caches = _layout_caches(layout, cache_dir, item_size, decode_workers, verbose)
-        kwargs = {'dl_type': FastDL, 'pin_memory': on_cuda(device), 'dl_kwargs': [{}, dict(num_workers=0)], **kwargs}   # val: only indexed
-    if not on_cuda(device): num_workers = cpu_setup(num_workers)   # the CLI's and Python's CPU runs alike
-    dblock,items,batch_aug = tiny_datablock(layout, size, aug, item_size)
-    before_batch = batch_aug + list(L(kwargs.pop('before_batch', None)))
-    kwargs.setdefault('val_bs', static_bs(len(layout.valid), bs))   # every val batch one shape: one compiled graph
-    dls = dblock.dataloaders(items, path=layout.path, bs=bs, num_workers=num_workers, device=device, before_batch=before_batch, **kwargs)
+    with _no_gc():
+        if cache: layout,caches,cache_dir = _cached_layout(path, cache_dir, item_size, decode_workers, verbose, skip_bad)
+        else: layout = scan(path, check_images=check_images or skip_bad, skip_bad=skip_bad)
+        if layout.bad: warnings.warn(f"tiny_dls: skipped {len(layout.bad)} undecodable image(s): " + ', '.join(shown(f) for f in layout.bad[:5]))
+        if cache:
+            kwargs = {'dl_type': FastDL, 'pin_memory': on_cuda(device), 'dl_kwargs': [{}, dict(num_workers=0)], **kwargs}   # val: only indexed
+        if not on_cuda(device): num_workers = cpu_setup(num_workers)   # the CLI's and Python's CPU runs alike
+        dblock,items,batch_aug = tiny_datablock(layout, size, aug, item_size)
+        before_batch = batch_aug + list(L(kwargs.pop('before_batch', None)))
+        kwargs.setdefault('val_bs', static_bs(len(layout.valid), bs))   # every val batch one shape: one compiled graph
+        dls = dblock.dataloaders(_Items(items), path=layout.path, bs=bs, num_workers=num_workers, device=device, before_batch=before_batch, **kwargs)
     if seed is not None:
         for i,dl in enumerate(dls.loaders): dl.rng = random.Random(seed + i)
     dls.bad_files = layout.bad
