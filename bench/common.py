@@ -28,7 +28,8 @@ def subset(data=None, dest=None, classes:int=20, n_train:int=500, n_val:int=50, 
     """`classes` classes of Tiny ImageNet `data` (an archive or a folder; None: the bundled 10-class sample), `n_train` train
     and `n_val` val images each, made by `make_subset(seed=0)` in `dest` (default: `tmp/subset{classes}`), or `dest` as it is
     if it exists already. An archive is extracted into `tmp` (default: a new temp folder)."""
-    from tiny_fastai.data import get_tiny_imagenet, make_subset, sample_path
+    from tiny_fastai.archive import get_tiny_imagenet
+    from tiny_fastai.data import make_subset, sample_path
     tmp = Path(tmp) if tmp is not None else Path(tempfile.mkdtemp(prefix='tiny-bench-'))
     dest = Path(dest) if dest is not None else tmp/f'subset{classes}'
     if dest.exists(): return dest

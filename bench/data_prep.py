@@ -68,8 +68,10 @@ def main(argv=None):
     p.add_argument('--workers', type=int, default=None, help='decoding processes (default: all CPUs)')
     p.add_argument('--json', help='also write the results here')
     a = p.parse_args(argv)
-    from tiny_fastai.data import get_tiny_imagenet, scan, sample_path, wait_extracted
-    from tiny_fastai.loaders import tiny_dls, archive_caches, build_cache
+    from tiny_fastai.archive import get_tiny_imagenet
+    from tiny_fastai.data import scan, sample_path, wait_extracted
+    from tiny_fastai.loaders import tiny_dls
+    from tiny_fastai.cache import archive_caches, build_cache
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix='data_prep-'))
     work.mkdir(parents=True, exist_ok=True)
     try:

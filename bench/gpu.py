@@ -28,7 +28,7 @@ from common import cpu_model   # (and the checkout on the path)
 T0 = time.time()
 import torch, torch.nn.functional as F
 from fastai.vision.all import *
-from tiny_fastai.data import get_tiny_imagenet
+from tiny_fastai.archive import get_tiny_imagenet
 from tiny_fastai.loaders import tiny_dls, resize_dls
 from tiny_fastai.models import get_arch, count_macs
 from tiny_fastai.recipe import train_recipe

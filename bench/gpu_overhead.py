@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu as gb   # bench/gpu.py: Clock, and the checkout's tiny_fastai
 from common import load, machine, subset, QUICK_SUBSET
 from tiny_fastai.core import seed_everything, get_device
-from tiny_fastai.data import get_tiny_imagenet
+from tiny_fastai.archive import get_tiny_imagenet
 from tiny_fastai.plan import resolve_plan
 from tiny_fastai.loaders import tiny_dls
 from tiny_fastai.learner import tiny_learner

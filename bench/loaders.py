@@ -11,7 +11,8 @@ warnings.filterwarnings('ignore', category=FutureWarning)
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
 from common import cpu_model   # bench/common.py (and the checkout on the path)
 import torch, fastai
-from tiny_fastai.data import get_tiny_imagenet, sample_path
+from tiny_fastai.archive import get_tiny_imagenet
+from tiny_fastai.data import sample_path
 from tiny_fastai.loaders import tiny_dls, resize_dls
 
 

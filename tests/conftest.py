@@ -4,7 +4,8 @@ import contextlib, io, os, shutil, sys
 from pathlib import Path
 import pytest
 from fastai.callback.core import Callback
-from tiny_fastai.data import get_tiny_imagenet, sample_path, make_subset
+from tiny_fastai.archive import get_tiny_imagenet
+from tiny_fastai.data import sample_path, make_subset
 
 
 @pytest.fixture(scope='session')

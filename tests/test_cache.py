@@ -7,9 +7,11 @@ import os, pathlib, shutil, subprocess, sys, tarfile, time, warnings, zipfile
 from pathlib import Path
 import numpy as np, pytest, psutil
 from PIL import Image
-import tiny_fastai.data as tdata, tiny_fastai.loaders as tloaders
-from tiny_fastai.data import LayoutError, scan, sample_path, make_subset, get_tiny_imagenet, open_image, archive_of
-from tiny_fastai.loaders import tiny_dls, build_cache, default_cache_dir
+import tiny_fastai.data as tdata, tiny_fastai.archive as tarchive, tiny_fastai.cache as tcache, tiny_fastai.loaders as tloaders
+from tiny_fastai.data import LayoutError, scan, sample_path, make_subset, open_image
+from tiny_fastai.archive import get_tiny_imagenet, archive_of
+from tiny_fastai.loaders import tiny_dls
+from tiny_fastai.cache import build_cache, default_cache_dir
 from tiny_fastai.recipe import data_id
 
 SAMPLE = sample_path()
@@ -62,11 +64,11 @@ def test_cache_from_archive(subset, tmp_path, kind, capsys):
 
 def test_training_path_does_not_wait_for_the_extraction(subset, tmp_path, monkeypatch):
     "With cache=True the loaders are ready (and give batches) before the background extraction ends; what reads files waits for it"
-    real, go = tdata._extract, tmp_path/'go'
+    real, go = tarchive._extract, tmp_path/'go'
     def held(*a):   # in the extracting process: nothing until the test says so
         while not go.exists(): time.sleep(0.05)
         return real(*a)
-    monkeypatch.setattr(tdata, '_extract', held)
+    monkeypatch.setattr(tarchive, '_extract', held)
     p = get_tiny_imagenet(_archive(subset, tmp_path/'s.tar.gz'), dest=tmp_path/'d', background=True)
     dls = tiny_dls(p, bs=8, num_workers=0, cache=True, verbose=False)
     x,y = dls.train.one_batch()
@@ -141,7 +143,7 @@ def test_cache_up_to_date_is_not_decoded_again(subset, tmp_path, monkeypatch):
     "With a cache up to date, check_images decodes nothing (the build did, and recorded the undecodable images)"
     tiny_dls(subset, num_workers=0, cache=True, cache_dir=tmp_path/'c', verbose=False, check_images=True)
     def boom(*a, **k): raise AssertionError('decoded again')
-    monkeypatch.setattr(tdata, 'find_bad_images', boom); monkeypatch.setattr(tloaders, '_decode', boom)
+    monkeypatch.setattr(tdata, 'find_bad_images', boom); monkeypatch.setattr(tcache, '_decode', boom)
     dls = tiny_dls(subset, num_workers=0, cache=True, cache_dir=tmp_path/'c', verbose=False, check_images=True)
     assert len(dls.train_ds) == 60
 
@@ -166,7 +168,7 @@ def test_stale_cache_after_rewrite_with_same_size_and_time(subset, tmp_path):
 _BUILD = '''
 import sys, time, PIL.Image
 from tiny_fastai.data import scan
-from tiny_fastai.loaders import build_cache
+from tiny_fastai.cache import build_cache
 real = PIL.Image.open
 def slow(*a, **k): time.sleep(0.02); return real(*a, **k)
 PIL.Image.open = slow

@@ -5,8 +5,9 @@ import http.server, shutil, subprocess, sys, tarfile, threading, zipfile
 from pathlib import Path
 import pytest
 from PIL import Image
-import tiny_fastai.data as tdata
-from tiny_fastai.data import LayoutError, ArchiveError, DownloadError, Layout, scan, check_layout, class_names, get_tiny_imagenet, make_subset, sample_path, open_image
+import tiny_fastai.data as tdata, tiny_fastai.archive as tarchive
+from tiny_fastai.data import LayoutError, ArchiveError, DownloadError, Layout, scan, check_layout, class_names, make_subset, sample_path, open_image
+from tiny_fastai.archive import get_tiny_imagenet
 
 SAMPLE = sample_path()
 
@@ -159,7 +160,7 @@ def test_archive_extracted_and_cached(tmp_path, fmt, monkeypatch, archives):
     p = get_tiny_imagenet(arch, dest=tmp_path/'data')
     assert p == tmp_path/'data'/'tiny-imagenet-200' and check_layout(p)['n_train'] == 1000
     assert _leftovers(tmp_path/'data') == ['tiny-imagenet-200']
-    monkeypatch.setattr(tdata, '_unpack', lambda *a: pytest.fail('extracted twice'))
+    monkeypatch.setattr(tarchive, '_unpack', lambda *a: pytest.fail('extracted twice'))
     assert get_tiny_imagenet(arch, dest=tmp_path/'data') == p
 
 

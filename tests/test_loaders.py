@@ -11,10 +11,11 @@ import matplotlib; matplotlib.use('Agg')
 from PIL import Image
 from fastai.vision.all import (TensorImage, TensorCategory, TfmdDL, DataLoaders, Learner, CrossEntropyLossFlat, load_learner,
                                set_seed, first)
-import tiny_fastai.loaders as tloaders
+import tiny_fastai.loaders as tloaders, tiny_fastai.cache as tcache
 from tiny_fastai.augment import ImgAugTransform
 from tiny_fastai.data import TINY_STATS, LayoutError, scan, class_names, sample_path, make_subset, open_image
-from tiny_fastai.loaders import tiny_dls, resize_dls, BatchResize, build_cache, ArrayCache, FastDL, default_cache_dir
+from tiny_fastai.loaders import tiny_dls, resize_dls, BatchResize, FastDL
+from tiny_fastai.cache import build_cache, ArrayCache, default_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sample_path()
@@ -217,12 +218,12 @@ def test_cache_refused_on_a_full_disk(subset, tmp_path, monkeypatch):
 def test_cache_worker_that_dies_or_fills_the_disk(how, tmp_path, monkeypatch):
     "A decoding process that dies (killed: a SIGBUS on a full disk did this) or hits a full disk is one error, not a hang; nothing is kept"
     root,files,labels = _split(SAMPLE, 'train')
-    parent, real = os.getpid(), tloaders._decode
+    parent, real = os.getpid(), tcache._decode
     def decode(fn, size):
         if os.getpid() == parent: return real(fn, size)
         if how == 'dies': os._exit(7)
         raise OSError(errno.ENOSPC, 'No space left on device')
-    monkeypatch.setattr(tloaders, '_decode', decode)
+    monkeypatch.setattr(tcache, '_decode', decode)
     with _no_hang(120), pytest.raises((RuntimeError, OSError)) as e:
         build_cache(root, 'train', files, labels, tmp_path/'c', n_workers=2, verbose=False)
     if how == 'dies': assert 'a process decoding images into' in str(e.value) and 'died' in str(e.value)
@@ -260,9 +261,9 @@ def test_cache_check_budget():
     x = np.random.default_rng(0).integers(0, 255, (10*256, 4, 4, 3), dtype=np.uint8)
     sums = np.array([zlib.crc32(x[i:i+256]) for i in range(0, len(x), 256)], dtype=np.uint32)
     x[5*256] ^= 1
-    assert tloaders._bad_blocks(x, sums) == [5]
+    assert tcache._bad_blocks(x, sums) == [5]
     per = 256*4*4*3
-    found = [tloaders._bad_blocks(x, sums, budget=3*per) for _ in range(50)]
+    found = [tcache._bad_blocks(x, sums, budget=3*per) for _ in range(50)]
     assert all(f in ([], [5]) for f in found) and [5] in found and [] in found
 
 

@@ -10,7 +10,8 @@ import tiny_fastai
 import tiny_fastai.cli as cli_mod
 import tiny_fastai.recipe as recipe
 from tiny_fastai.cli import main
-from tiny_fastai.data import make_subset, sample_path, get_tiny_imagenet, scan, LayoutError, ArchiveError
+from tiny_fastai.data import make_subset, sample_path, scan, LayoutError, ArchiveError
+from tiny_fastai.archive import get_tiny_imagenet
 from tiny_fastai.loaders import tiny_dls
 from tiny_fastai.learner import tiny_learner, PlanError
 from tiny_fastai.infer import ModelFileError, export_model, load_model, load_safetensors, model_info, read_model_info, _sha256

@@ -24,10 +24,10 @@ except ImportError: fcntl = None   # no lock on Windows
 from .files import pid_alive
 
 # %% auto #0
-__all__ = ['URL_TINY', 'TINY_STATS', 'SOURCE_FILE', 'LayoutError', 'ArchiveError', 'DownloadError', 'shown', 'read_text',
-           'class_names', 'find_bad_images', 'to_rgb', 'wait_extracted', 'serve_early', 'open_image', 'Layout', 'scan',
-           'check_layout', 'make_subset', 'sample_path', 'file_sha256', 'archive_fingerprint', 'extracted_from',
-           'die_with_parent', 'archive_of', 'archive_members', 'archive_layout', 'get_tiny_imagenet', 'tiny_stats']
+__all__ = ['URL_TINY', 'TINY_STATS', 'SOURCE_FILE', 'EXTRACTING', 'ARCHIVES', 'LayoutError', 'ArchiveError', 'DownloadError',
+           'shown', 'read_text', 'decode_text', 'parse_annotations', 'class_names', 'names_of', 'find_bad_images',
+           'to_rgb', 'archive_kind', 'extracted_from', 'extract_lock', 'wait_extracted', 'serve_early', 'open_image',
+           'Layout', 'scan', 'check_layout', 'make_subset', 'sample_path', 'tiny_stats']
 
 # %% ../nbs/02_data.ipynb #4781496e
 URL_TINY = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
@@ -58,9 +58,9 @@ def shown(f) -> str:
 
 def read_text(f) -> str:
     "The text of `f` as other systems and editors write it (UTF-8 with or without BOM, UTF-16 with BOM, Windows-1252)"
-    return _text(Path(f).read_bytes(), f)
+    return decode_text(Path(f).read_bytes(), f)
 
-def _text(b:bytes, f) -> str:
+def decode_text(b:bytes, f) -> str:
     "The text of the bytes `b` of the file `f` (see `read_text`)"
     if b.startswith((b'\xff\xfe', b'\xfe\xff')): encs = ['utf-16']
     else: encs = ['utf-8-sig', 'cp1252']
@@ -75,9 +75,9 @@ def _read_wnids(path):
         "(expected wnids.txt, words.txt, train/<wnid>/images/ and val/images/ with val/val_annotations.txt)")
     return read_text(f).split()
 
-def _read_annotations(path): return _annotations(read_text(Path(path)/'val'/'val_annotations.txt'))
+def _read_annotations(path): return parse_annotations(read_text(Path(path)/'val'/'val_annotations.txt'))
 
-def _annotations(text):
+def parse_annotations(text):
     "List of (line number, file name, wnid) from the text of `val/val_annotations.txt`, and the malformed lines"
     rows,bad = [],[]
     for i,line in enumerate(text.splitlines(), 1):
@@ -91,9 +91,9 @@ def _annotations(text):
 def class_names(path) -> dict:
     "Map each wnid of `path/wnids.txt` to a unique readable name taken from `words.txt`"
     path = Path(path); f = path/'words.txt'
-    return _names(_read_wnids(path), read_text(f) if f.is_file() else '')
+    return names_of(_read_wnids(path), read_text(f) if f.is_file() else '')
 
-def _names(wnids, words_text) -> dict:
+def names_of(wnids, words_text) -> dict:
     "`class_names` from the wnids and the text of `words.txt`"
     ws,words = set(wnids),{}
     for line in words_text.splitlines():
@@ -131,11 +131,25 @@ def to_rgb(im:Image.Image) -> Image.Image:
         im = Image.alpha_composite(bg, im.convert('RGBA'))
     return im.convert('RGB')
 
-_EXTRACTING = {}   # folder -> (the process extracting an archive into it, or None: another's; the process that started it; where its error comes)
-_ARCHIVES = {}     # folder -> the archive `get_tiny_imagenet(..., background=True)` got it from
+def archive_kind(p):
+    "'zip' or 'tar' for an archive's file name, None for anything else"
+    n = Path(p).name.lower()
+    if n.endswith('.zip'): return 'zip'
+    if n.endswith(('.tar.gz', '.tgz', '.tar', '.tar.bz2', '.tar.xz')): return 'tar'
+    return None
+
+SOURCE_FILE = '.source.json'   # in an extracted folder: which archive it came from
+
+def extracted_from(folder) -> dict:
+    "The record of the archive `folder` was extracted from (None if it has none)"
+    try: return json.loads((Path(folder)/SOURCE_FILE).read_text())
+    except (OSError, ValueError): return None
+
+EXTRACTING = {}   # folder -> (the process extracting an archive into it, or None: another's; the process that started it; where its error comes)
+ARCHIVES = {}     # folder -> the archive `get_tiny_imagenet(..., background=True)` got it from
 
 @contextmanager
-def _extract_lock(dest, wait:bool=True):
+def extract_lock(dest, wait:bool=True):
     "Hold the lock of the background extraction into `dest` (a POSIX record lock: it goes with its process); without `wait`, `None` if another process holds it"
     f = open(Path(dest)/'.tiny-imagenet-200.extract.lock', 'a')
     try:
@@ -150,18 +164,18 @@ def _extract_lock(dest, wait:bool=True):
 def wait_extracted(path) -> bool:
     "Wait for the background extraction of the folder holding `path`, if one runs; whether there was one (an error if it failed)"
     path = Path(path)
-    for final,(p,owner,errors) in list(_EXTRACTING.items()):
+    for final,(p,owner,errors) in list(EXTRACTING.items()):
         if final != path and final not in path.parents: continue
         if p is not None and os.getpid() == owner:
-            p.join(); _EXTRACTING.pop(final, None)
+            p.join(); EXTRACTING.pop(final, None)
             if p.exitcode and not errors.empty(): raise errors.get()   # its own error: a damaged archive, not Tiny ImageNet ...
             ok = p.exitcode == 0
         else:   # another process's extraction (another rank's; a forked loader worker cannot join its parent's child)
-            with _extract_lock(final.parent): pass   # held by the extracting process until it ends, or dies
+            with extract_lock(final.parent): pass   # held by the extracting process until it ends, or dies
             src = extracted_from(final) or {}
-            ok = src.get('archive') == str(_ARCHIVES.get(final))
-            if os.getpid() == owner: _EXTRACTING.pop(final, None)
-        if not ok: raise ArchiveError(f"extracting {_ARCHIVES.get(final)} into {final} in the background failed; "
+            ok = src.get('archive') == str(ARCHIVES.get(final))
+            if os.getpid() == owner: EXTRACTING.pop(final, None)
+        if not ok: raise ArchiveError(f"extracting {ARCHIVES.get(final)} into {final} in the background failed; "
                                       "run get_tiny_imagenet on it to see why")
         return True
     return False
@@ -212,7 +226,7 @@ def _folder(path) -> Path:
     path = Path(path).expanduser()
     if not path.exists(): raise LayoutError(f"{path} does not exist")
     if not path.is_dir():
-        hint = " (an archive: extract it with get_tiny_imagenet)" if _archive_kind(path) else ""
+        hint = " (an archive: extract it with get_tiny_imagenet)" if archive_kind(path) else ""
         raise LayoutError(f"{path} is not a folder{hint}")
     if not (path/'wnids.txt').exists() and (path/'tiny-imagenet-200'/'wnids.txt').exists():
         raise LayoutError(f"{path} is not a Tiny ImageNet folder (no wnids.txt); did you mean {path/'tiny-imagenet-200'}?")
@@ -350,224 +364,6 @@ def make_subset(path, dest, n_classes:int=10, n_train:int=100, n_val:int=50, see
 def sample_path() -> Path:
     "The bundled sample of Tiny ImageNet (10 classes, 100 train + 50 val images each, official layout)"
     return Path(importlib.util.find_spec('tiny_fastai.data').origin).parent/'sample'/'tiny-imagenet-200'   # not `tiny_fastai.__file__`: None when a folder named tiny_fastai in the current folder shadows the package
-
-# %% ../nbs/02_data.ipynb #78f2a17a
-def _archive_kind(p):
-    n = Path(p).name.lower()
-    if n.endswith('.zip'): return 'zip'
-    if n.endswith(('.tar.gz', '.tgz', '.tar', '.tar.bz2', '.tar.xz')): return 'tar'
-    return None
-
-def _is_url(s): return isinstance(s, str) and urlparse(s).scheme in ('http', 'https', 'ftp', 'file')
-
-def _clean_partials(dest, mine:bool=False):
-    "Remove temporary folders left by extractions whose process is gone (killed), and this process's own if `mine`"
-    for d in Path(dest).glob('.tiny-imagenet-200.partial-*'):
-        m = re.match(r'\.tiny-imagenet-200\.partial-(\d+)-', d.name)
-        if m and (not pid_alive(int(m.group(1))) or mine and int(m.group(1)) == os.getpid()): shutil.rmtree(d, ignore_errors=True)
-
-def _unsafe_name(n):
-    "Whether archive member name `n` would land outside the extraction folder (absolute, a drive, or `..`)"
-    p = n.replace('\\', '/')
-    return p.startswith('/') or re.match(r'[a-zA-Z]:', p) is not None or '..' in p.split('/')
-
-def _unpack(arch, out):
-    try:
-        if _archive_kind(arch) == 'zip':
-            with zipfile.ZipFile(arch) as z:
-                bad = first(n for n in z.namelist() if _unsafe_name(n))
-                if bad is not None: raise ArchiveError(f"{arch} holds an unsafe member name {bad!r} (it would land outside the "
-                                                       "extraction folder); refused: nothing was extracted from it")
-                z.extractall(out)
-        else:
-            with tarfile.open(arch, 'r:*') as t:
-                if hasattr(tarfile, 'data_filter'): t.extractall(out, filter='data')
-                else: t.extractall(out)
-    except getattr(tarfile, 'FilterError', ()) as e:   # `filter='data'`: a path outside the folder, an absolute or outside link
-        raise ArchiveError(f"{arch} holds an unsafe member ({type(e).__name__}: {e}); refused: nothing was kept from it") from e
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise ArchiveError(f"{arch} is truncated or corrupt ({type(e).__name__}: {e}); nothing was kept from it") from e
-
-def _find_root(out):
-    "The folder holding `wnids.txt` in an extracted archive"
-    if (out/'wnids.txt').exists(): return out
-    for d in sorted(out.iterdir()):
-        if d.is_dir() and (d/'wnids.txt').exists(): return d
-    return None
-
-SOURCE_FILE = '.source.json'   # in an extracted folder: which archive it came from
-
-_SHA = {}   # (file, size, times, inode) -> SHA-256: one hash per process of a file not written since
-
-def file_sha256(fname) -> str:
-    "The SHA-256 of the bytes of `fname` (0.1 s for the 145 MB archive, with the CPU's SHA instructions)"
-    st = os.stat(fname)
-    k = (os.path.abspath(fname), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)   # a write changes the change time
-    if k not in _SHA:
-        h = hashlib.sha256()
-        with open(fname, 'rb') as f:
-            while b := f.read(2**22): h.update(b)
-        _SHA[k] = h.hexdigest()
-    return _SHA[k]
-
-def archive_fingerprint(arch) -> dict:
-    "What identifies an archive: its size and the SHA-256 of its bytes (an archive rewritten with the same size and time is another)"
-    return dict(size=Path(arch).stat().st_size, sha256=file_sha256(arch))
-
-def extracted_from(folder) -> dict:
-    "The record of the archive `folder` was extracted from (None if it has none)"
-    try: return json.loads((Path(folder)/SOURCE_FILE).read_text())
-    except (OSError, ValueError): return None
-
-def _extract(arch, dest):
-    dest = Path(dest).expanduser(); final = dest/'tiny-imagenet-200'
-    fp = archive_fingerprint(arch)
-    if final.exists():
-        try: scan(final)
-        except LayoutError as e: raise LayoutError(f"{final} exists but is not a valid extraction of {arch}; delete it and run again.\n{e}") from e
-        src = extracted_from(final)
-        if src is not None and src.get('fingerprint') == fp: return final
-        print(f"tiny_fastai: {final} was extracted from {src['archive'] if src else 'an unrecorded archive'}, "
-              f"not from {arch}: extracting {arch} in its place", flush=True)
-    dest.mkdir(parents=True, exist_ok=True)
-    _clean_partials(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.tiny-imagenet-200.partial-{os.getpid()}-', dir=dest))
-    try:
-        _unpack(arch, tmp)
-        root = _find_root(tmp)
-        if root is None: raise LayoutError(f"{arch} does not contain Tiny ImageNet (no wnids.txt at its top or in a top folder)")
-        try: scan(root)
-        except LayoutError as e: raise LayoutError(f"{arch} does not contain a valid Tiny ImageNet: {e}", e.problems) from e
-        (root/SOURCE_FILE).write_text(json.dumps(dict(archive=str(Path(arch).resolve()), fingerprint=fp)) + '\n')
-        if final.exists() and extracted_from(final) != extracted_from(root):   # the other archive's folder goes
-            final.rename(Path(tempfile.mkdtemp(prefix=f'.tiny-imagenet-200.partial-{os.getpid()}-', dir=dest))/'previous')
-        try: root.rename(final)
-        except OSError:
-            if not final.exists(): raise   # else another process finished first: use its folder
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _clean_partials(dest, mine=True)
-    return final
-
-# %% ../nbs/02_data.ipynb #031910fe
-def die_with_parent(ppid:int):
-    "In a child process: end it when its parent `ppid` ends (on Linux the kernel does it at once; elsewhere a watchdog thread within 0.5 s)"
-    try:
-        import ctypes, signal
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-    except Exception: pass   # not Linux: the watchdog alone
-    if os.getppid() != ppid: os._exit(1)   # the parent died before this was set
-    def watch():
-        while os.getppid() == ppid: time.sleep(0.5)
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
-
-def _extract_child(arch, dest, ppid, errors):
-    die_with_parent(ppid)
-    try:
-        with _extract_lock(Path(dest).expanduser()): _extract(arch, dest)   # after another process's extraction, if one runs: then nothing to do
-    except BaseException as e:   # the parent raises it when it needs the folder
-        try: errors.put(e)
-        except Exception: errors.put(ArchiveError(f"{type(e).__name__}: {e}"))
-        os._exit(1)
-
-def _get_archive(arch, dest, background:bool) -> Path:
-    "The folder `arch` is extracted to in `dest`, now or (with `background`) in a background process"
-    if not background: return _extract(arch, dest)
-    final = Path(dest).expanduser()/'tiny-imagenet-200'
-    final.parent.mkdir(parents=True, exist_ok=True)   # now: the array cache goes beside the folder
-    _ARCHIVES[final] = Path(arch).resolve()
-    src = extracted_from(final)
-    if final in _EXTRACTING or src is not None and src.get('fingerprint') == archive_fingerprint(arch): return final
-    with _extract_lock(final.parent, wait=False) as free:
-        if free is None: _EXTRACTING[final] = (None, os.getpid(), None); return final   # another process (rank) extracts it: wait for that one
-    ctx = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn')
-    errors = ctx.SimpleQueue()
-    p = ctx.Process(target=_extract_child, args=(arch, dest, os.getpid(), errors), name='tiny_fastai extract')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', DeprecationWarning)   # fork in a process with threads: the child only extracts
-        p.start()
-    _EXTRACTING[final] = (p, os.getpid(), errors)
-    return final
-
-def archive_of(path):
-    "The archive the folder `path` comes from, if this process got it from `get_tiny_imagenet(..., background=True)`"
-    return _ARCHIVES.get(Path(path))
-
-def archive_members(arch):
-    "(name, bytes) of each file in the .zip or tar archive `arch`, in archive order, read as one stream; an `ArchiveError` if it is damaged"
-    try:
-        if _archive_kind(arch) == 'zip':
-            with zipfile.ZipFile(arch) as z:
-                for i in z.infolist():
-                    if not i.is_dir(): yield i.filename, z.read(i)
-        else:
-            with tarfile.open(arch, 'r|*') as t:
-                for m in t:
-                    if m.isfile(): yield m.name, t.extractfile(m).read()
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise ArchiveError(f"{arch} is truncated or corrupt ({type(e).__name__}: {e}); nothing was kept from it") from e
-
-def archive_layout(folder, names, texts:dict) -> Layout:
-    "The `Layout` `scan` reads in `folder` once the archive with member `names` and text files `texts` (name -> bytes) is extracted there; `None` if that is not exactly the official layout"
-    tops = [n[:-len('wnids.txt')] for n in texts if n.endswith('wnids.txt') and n.count('/') <= 1 and n.rpartition('/')[2] == 'wnids.txt']
-    if len(tops) != 1 or any(tops[0]+f not in texts for f in ('words.txt', 'val/val_annotations.txt')): return None
-    top,folder = tops[0],Path(folder)
-    try: wl = _text(texts[top+'wnids.txt'], 'wnids.txt').split()
-    except LayoutError: return None
-    wnids = list(dict.fromkeys(wl))
-    if not wnids or len(wnids) != len(wl): return None
-    train,val,ws = {w: [] for w in wnids},set(),set(wnids)
-    for n in names:
-        if not n.startswith(top) or Path(n).suffix.lower() not in image_extensions: continue
-        p = n[len(top):].split('/')
-        if len(p) == 4 and p[0] == 'train' and p[2] == 'images':
-            if p[1] not in ws: return None
-            train[p[1]].append(p[3])
-        elif len(p) == 3 and p[:2] == ['val', 'images']: val.add(p[2])
-    full = len(wnids) == 200
-    if any(not fs or full and len(fs) != 500 for fs in train.values()): return None
-    try: rows,bad = _annotations(_text(texts[top+'val/val_annotations.txt'], 'val/val_annotations.txt'))
-    except LayoutError: return None
-    if bad or not rows or {f for _,f,_ in rows} != val or len(rows) != len(val) or any(w not in ws for _,_,w in rows): return None
-    if full and len(rows) != 10000: return None
-    try: words = _text(texts[top+'words.txt'], 'words.txt')
-    except LayoutError: return None
-    return Layout(folder, wnids, _names(wnids, words), [(folder/'train'/w/'images'/f, w) for w in wnids for f in sorted(train[w])],
-                  [(folder/'val'/'images'/f, w) for _,f,w in rows], [])
-
-# %% ../nbs/02_data.ipynb #1b37aaf8
-def get_tiny_imagenet(source=None, # URL (default `URL_TINY`), .zip/.tar.gz/.tgz archive, or extracted folder
-                      dest=None,   # where archives are extracted (default: fastai's data folder)
-                      archive=None,# where downloads go (default: fastai's archive folder)
-                      background:bool=False # extract an archive in a background process (the array cache reads the archive itself)
-                     ) -> Path:
-    "Download and/or extract Tiny ImageNet as needed, check its layout, and return its `tiny-imagenet-200` folder"
-    if str(source) == '': raise LayoutError("the data path is empty: give a Tiny ImageNet folder, archive or URL (--data)")
-    source = ifnone(source, URL_TINY)
-    if _is_url(str(source)):
-        url = str(source)
-        arch = Path(ifnone(archive, fastai_cfg().path('archive'))).expanduser()/(Path(urlparse(url).path).name or 'tiny-imagenet-200.zip')
-        if not arch.exists():
-            arch.parent.mkdir(parents=True, exist_ok=True)
-            try: download_url(url, arch, show_progress=True)
-            except BaseException as e:
-                part = arch.with_name(arch.name+'.part')
-                if part.exists(): part.unlink()
-                if isinstance(e, KeyboardInterrupt): raise
-                raise DownloadError(f"download of {url} to {arch} did not finish ({type(e).__name__}: {e}); "
-                                    "nothing was kept, run again to retry") from e
-        try: return _get_archive(arch, ifnone(dest, fastai_cfg().path('data')), background)
-        except ArchiveError as e:
-            arch.unlink(missing_ok=True)
-            raise ArchiveError(f"{e}; the downloaded file was deleted, run again to download it again") from e
-    p = Path(source).expanduser()
-    if not p.exists(): raise LayoutError(f"{p} does not exist")
-    if p.is_dir():
-        if not (p/'wnids.txt').exists() and (p/'tiny-imagenet-200'/'wnids.txt').exists(): p = p/'tiny-imagenet-200'
-        scan(p); return p
-    if _archive_kind(p): return _get_archive(p, ifnone(dest, fastai_cfg().path('data')), background)
-    raise LayoutError(f"{p} is neither a folder nor a .zip/.tar.gz/.tgz archive")
 
 # %% ../nbs/02_data.ipynb #51aa711c
 def _img_sums(fn):

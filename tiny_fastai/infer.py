@@ -15,7 +15,8 @@ import tiny_fastai
 from .text import safe_text
 from .data import open_image, class_names, LayoutError
 from .files import atomic_file
-from .loaders import ItemResize, BatchResize, dls_size
+from .cache import ItemResize
+from .loaders import BatchResize, dls_size
 from .models import ARCHS, get_arch
 from .plan import MAX_SIZE
 from .checkpoint import RunRecorder, Checkpoint

@@ -10,7 +10,8 @@ import os, json, time, math, hashlib, subprocess
 from dataclasses import dataclass, field, fields, asdict
 import tiny_fastai
 from .files import RunDir, atomic_save, check_out, lock_run, clean_leftovers
-from .data import sample_path, get_tiny_imagenet
+from .data import sample_path
+from .archive import get_tiny_imagenet
 from .loaders import tiny_dls, dls_size, resize_dls
 from .models import get_arch
 from .distrib import init_distrib, distrib_training, rank0_first, local_bs, no_gather
