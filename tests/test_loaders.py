@@ -91,9 +91,10 @@ def test_resize_dls():
         assert d.train.shuffle and not d.valid.shuffle and d.train.bs == 16
         assert d.train.before_batch.fs == dls.train.before_batch.fs  # the same augmentation
         hw = (sz, sz) if isinstance(sz, int) else sz
+        assert d.valid.bs == 10   # the largest batch up to 16 that divides the 500 val images: every batch one shape
         for dl in (d.train, d.valid):
             xb, yb = dl.one_batch()
-            assert xb.shape == (16, 3, *hw) and yb.shape == (16,)
+            assert xb.shape == (dl.bs, 3, *hw) and yb.shape == (dl.bs,)
     # the original loaders are unchanged
     assert dls.one_batch()[0].shape[-1] == 64
     # chained resizes replace the size instead of adding transforms
@@ -113,7 +114,7 @@ def test_resize_dls_keeps_loader_class():
     dls = tiny_dls(SAMPLE, bs=8, num_workers=0, dl_type=MyDL)
     d = resize_dls(dls, 16)
     assert all(type(dl) is MyDL for dl in d.loaders)
-    assert d.valid.one_batch()[0].shape == (8, 3, 16, 16)
+    assert d.valid.one_batch()[0].shape == (5, 3, 16, 16)   # 500 val images: batches of 5 (the largest divisor up to 8)
 
 
 def test_odd_images_become_rgb_64(copy):
@@ -425,7 +426,7 @@ def test_resize_show_batch_test_dl(sample_dls):
     r = resize_dls(f, 32)
     assert type(r.train) is FastDL and r.train.cache is f.train.cache and r.train.aug_impl == 'fast'
     assert list(r.train.before_batch.fs) == list(f.train.before_batch.fs)
-    assert r.train.one_batch()[0].shape == (32, 3, 32, 32) and r.valid.one_batch()[0].shape == (32, 3, 32, 32)
+    assert r.train.one_batch()[0].shape == (32, 3, 32, 32) and r.valid.one_batch()[0].shape == (r.valid.bs, 3, 32, 32)
     r.show_batch(max_n=4)
     tdl = f.test_dl(list(f.valid_ds.items[:8]))
     assert tdl.cache is None   # files: the item pipeline
@@ -463,9 +464,10 @@ def test_full_dls(full_path):
     _check_val_labels(dls, full_path)
     for sz in (16, 32, 64):
         d = resize_dls(dls, sz)
+        assert d.valid.bs == 50   # divides the 10,000 val images: one compiled graph for validation
         for dl in (d.train, d.valid):
             xb, yb = dl.one_batch()
-            assert xb.shape == (64, 3, sz, sz) and yb.shape == (64,)
+            assert xb.shape == (dl.bs, 3, sz, sz) and yb.shape == (dl.bs,)
 
 
 def test_full_val_cache(full_path, tmp_path):
@@ -475,9 +477,10 @@ def test_full_val_cache(full_path, tmp_path):
     assert c.x.shape == (10_000, 64, 64, 3) and len(set(c.y.tolist())) == 200
     d = tiny_dls(full_path, bs=128, num_workers=0, aug=None)
     assert list(d.valid_ds.items) == files
+    b = d.valid.bs   # 125: divides the 10,000 val images
     for i,(x,y) in enumerate(d.valid.new(after_batch=[])):
-        assert torch.equal(x, torch.from_numpy(np.asarray(c.x[i*128:(i+1)*128])).permute(0,3,1,2))
-        assert y.tolist() == c.y[i*128:(i+1)*128].tolist()
+        assert torch.equal(x, torch.from_numpy(np.asarray(c.x[i*b:(i+1)*b])).permute(0,3,1,2))
+        assert y.tolist() == c.y[i*b:(i+1)*b].tolist()
         if i == 2: break
     rng = np.random.default_rng(0)
     for i in rng.choice(10_000, 50, replace=False): assert np.array_equal(c.x[i], np.asarray(open_image(files[i])))
