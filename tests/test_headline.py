@@ -10,11 +10,11 @@ def test_headline_quick_on_cpu(tmp_path):
     spec = importlib.util.spec_from_file_location('headline', ROOT/'bench'/'headline.py')
     hb = importlib.util.module_from_spec(spec); spec.loader.exec_module(hb)
     out = tmp_path/'out'
-    d = hb.main([str(sample_path()), '--out', str(out), '--quick', '--budget', '150s', '--bare', '--work-dir', str(tmp_path/'w')])
+    d = hb.main([str(sample_path()), '--out', str(out), '--quick', '--budget', '100s', '--bare', '--work-dir', str(tmp_path/'w')])
     assert d['status'] == 'done' and json.loads((out/'headline.json').read_text())['status'] == 'done'
     r = d['runs']['headline']
     assert 'error' not in r, r.get('error')
-    assert r['budget_s'] == 150 and 0 <= r['top1'] <= 1 and r['epochs'] == sum(s['epochs'] for s in r['stages']) >= 2
+    assert r['budget_s'] == 100 and 0 <= r['top1'] <= 1 and r['epochs'] == sum(s['epochs'] for s in r['stages']) >= 2
     assert len(r['rows']) == r['epochs'] and r['rows'][0]['first_at_size'] and r['rows'][-1]['validated']
     assert r['fixed_s'] > 0 and abs(r['epochs_s'] + r['fixed_s'] - r['wall_s']) < 0.2
     assert r['budget']['epochs'] == [s['epochs'] for s in r['stages']]

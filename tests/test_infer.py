@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 import tiny_fastai.infer as infer
 from tiny_fastai.infer import (TinyModel, ModelFileError, load_model, load_safetensors, predict_files, iter_predictions,
                                read_model_info)
+from conftest import run_main   # the CLI in this process: (exit code, stdout, stderr)
 from tiny_fastai.cli import main
 from tiny_fastai.data import make_subset, sample_path
 from tiny_fastai.recipe import train_recipe, evaluate_model
@@ -25,13 +26,6 @@ def run(tmp_path_factory):
 def images(run):
     "Six validation images of the run's data"
     return sorted((run[1]/'val'/'images').iterdir())[:6]
-
-def run_main(*args):
-    o, e = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        try: code = main([str(a) for a in args])
-        except SystemExit as x: code = x.code
-    return code, o.getvalue(), e.getvalue()
 
 @pytest.fixture
 def no_pickle(monkeypatch):

@@ -15,16 +15,12 @@ from tiny_fastai.archive import get_tiny_imagenet
 from tiny_fastai.loaders import tiny_dls
 from tiny_fastai.learner import tiny_learner, PlanError
 from tiny_fastai.infer import ModelFileError, export_model, load_model, load_safetensors, model_info, read_model_info, _sha256
-from tiny_fastai.recipe import check_out, evaluate_model
+from tiny_fastai.files import check_out
+from tiny_fastai.recipe import evaluate_model
+
+from conftest import run_main   # the CLI in this process: (exit code, stdout, stderr)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-def run_main(*args):
-    o, e = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        try: code = main([str(a) for a in args])
-        except SystemExit as x: code = x.code
-    return code, o.getvalue(), e.getvalue()
 
 @pytest.fixture(scope='module')
 def made(tmp_path_factory):
