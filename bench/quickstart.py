@@ -1,6 +1,6 @@
 """The README's interactive quick start against the command line: seconds per epoch of the bundled sample, each way.
 
-`python`: the README's "Interactive use" lines as a user types them (`tiny_dls(path, size=16, bs=64)`, `tiny_learner`,
+`python`: the README's "Interactive use" lines as a user types them (`tiny_dls(path, size=16, bs=64, cache=True)`, `tiny_learner`,
 `learn.fit_one_cycle`), with the library's defaults for threads and loader workers; `cli`: `train_recipe` as
 `tiny-fastai train` runs it, with the same size, batch, model and epochs. Each way trains `--epochs` epochs; the first
 is a warm-up (workers start, caches fill) and the median of the others is reported, for `--rounds` rounds in turn.
@@ -25,7 +25,7 @@ def main(argv=None):
     from tiny_fastai.recipe import train_recipe
     tmp, l0 = Path(tempfile.mkdtemp()), load()
     def python_way(i):
-        dls = tiny_dls(sample_path(), size=16, bs=64)              # the README's line
+        dls = tiny_dls(sample_path(), size=16, bs=64, cache=True)  # the README's line
         learn = tiny_learner(dls, 'tiny', path=tmp/f'py{i}')
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(a.epochs, 3e-3)
         return [r['time_s'] for r in learn.run_progress.history[1:]], dls.train.num_workers, torch.get_num_threads()
