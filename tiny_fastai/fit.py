@@ -217,6 +217,8 @@ EPOCH_S = 0.25   # s an epoch costs beyond its batches (starting the pass, the r
 def fit_budget(learn, stages, budget_s:float, after_s=0., valid_every:int=None) -> tuple:
     "The stages scaled to fit `budget_s` seconds from now (less `after_s`), and the timings they rest on"
     t0,stages = time.monotonic(),check_plan(stages)
+    if budget_s <= 0: raise PlanError(f"the budget was used up before training could start ({-budget_s:.0f} s over, on start-up, "
+                                      f"the data and the learner): give a larger --budget")
     sizes = list(dict.fromkeys(s.size for s in stages))
     timed = {s: time_steps(learn, s) for s in sizes}
     n_train,n_valid = len(learn.dls.train),len(learn.dls.valid)
@@ -227,7 +229,7 @@ def fit_budget(learn, stages, budget_s:float, after_s=0., valid_every:int=None) 
     left = budget_s - (time.monotonic() - t0) - after
     try: plan = budget_stages(stages, epoch_s, valid_s, left)
     except PlanError as e:
-        raise PlanError(f"the budget is too small: of {budget_s:.0f} s left when training was to start, timing the loop took "
+        raise PlanError(f"the budget is too small: {budget_s:.0f} s were left when training was to start, timing the loop took "
                         f"{time.monotonic()-t0:.0f} s and {after:.0f} s are kept for the evaluation and export; {e}") from None
     est = sum(s.epochs*e + v for s,e,v in zip(plan, epoch_s, valid_s))
     info = dict(budget_s=round(budget_s, 1), timing_s=round(time.monotonic()-t0, 1), after_s=round(after, 1),
