@@ -73,3 +73,8 @@ def test_recipe_switches_off_with_zero_and_none():
     assert resolve_plan('full', ema=None, mix=None).mix == 'mixcut'
     assert resolve_plan('sprint', test_size=72).test_size == 72
     with pytest.raises(PlanError, match='size must be an integer >= 8'): Recipe(test_size=4)
+
+
+def test_budget_spent_before_training_is_one_line():
+    from tiny_fastai.fit import fit_budget
+    with pytest.raises(PlanError, match=r'the budget was used up before training could start \(18 s over'): fit_budget(None, [(16, 1)], -18)
