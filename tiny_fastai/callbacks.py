@@ -9,6 +9,7 @@ from fastai.vision.all import *
 import sys, time, math, random
 from torch.distributions.beta import Beta
 from .loaders import dls_size
+from .plan import check_mix
 from .checkpoint import probing
 
 # %% auto #0
@@ -180,9 +181,9 @@ def apply_ema(learn):
 MIX_CALLBACKS = {'mixup': MixUp, 'cutmix': CutMix, 'mixcut': MixCut}
 
 def mix_callback(mix, alpha:float=None):
-    "The callback of `mix` (a key of `MIX_CALLBACKS`, a `Callback`, or None for none)"
-    if mix is None or mix is False or mix == 'none': return None
-    if isinstance(mix, Callback): return mix
+    "The callback of the `mix` setting (see `check_mix`: a key of `MIX_CALLBACKS`, a `Callback`, or None/'none' for none)"
+    mix = check_mix(mix)
+    if mix is None or isinstance(mix, Callback): return mix
     return MIX_CALLBACKS[mix]() if alpha is None else MIX_CALLBACKS[mix](alpha)
 
 # %% ../nbs/09_callbacks.ipynb #16127e8c

@@ -11,7 +11,7 @@ from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from .files import FIGURE_DIR, figures_to_files
 from .models import get_arch, check_rules
-from .plan import check_mix, check_opt
+from .plan import check_opt
 from .checkpoint import RunProgress, RunRecorder, Checkpoint
 from .callbacks import NaNGuard, EMA, PlainTensors, DeviceSmoothLoss, ThrottledProgress, PlainProgress, interactive_output, mix_callback
 
@@ -61,7 +61,7 @@ def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=
     model,dev = get_arch(arch)(n_out=len(dls.vocab)),getattr(dls, 'device', None)
     rules = check_rules(model, max_params=max_params, size=64, name=f'arch {arch!r}')
     cbs = L(kwargs.pop('cbs', None))
-    mcb = mix_callback(check_mix(mix), mix_alpha)
+    mcb = mix_callback(mix, mix_alpha)
     if mcb is not None: cbs.append(mcb)
     cbs += [RunRecorder(), PlainTensors()]
     if checkpoint: cbs.append(Checkpoint(checkpoint, every_s=ckpt_every))
