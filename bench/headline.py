@@ -1,23 +1,25 @@
 """The project's headline as one command: `tiny-fastai train --preset sprint --budget B` from the archive, nothing decoded.
 
-It runs the command exactly as a user would (a subprocess, a fresh cache folder, so the archive is decoded inside the
-budget), times it from the outside, and reads what the run wrote: top-1 (plain and with the preset's TTA), the epochs
-the budget chose and the timings they rest on, and one row per epoch. From the rows it derives the in-loop training
-images/s of each epoch (the first epoch at each size pays the compilation, and epochs that validate pay validation:
-both are marked) and the fixed cost (the command's wall time minus the epochs). With `--compare ARCH` it runs the same
-command again with another model (e.g. the separable `sep_fused_s`) in `--compare-budget`, for the side-by-side table.
-With `--bare` it also times the bare compiled training step of the model at each size (random tensors on the device,
-no loader, no callbacks), the reference the loop is measured against.
+It runs the command exactly as a user would (a subprocess, with its own FASTAI_HOME and XDG_CACHE_HOME, so the archive
+is extracted and decoded inside the budget and nothing of an earlier run is found warm), times it from the outside,
+and reads what the run wrote: top-1 (plain and with the preset's TTA), the epochs the budget chose and the timings
+they rest on, the seconds of each phase (results.json's `phases`), and one row per epoch with its training-only
+images/s (the first epoch at each size pays the loader's start and, compiled, the compilation; epochs that validate
+pay validation: both are marked). With `--compare ARCH` it runs the same command again with another model (e.g. the
+separable `sep_fused_s`), for the side-by-side table. With `--bare` it also times the bare (compiled) training step
+of the model at each size (random tensors on the device, no loader, no callbacks), the reference the loop is measured
+against.
 
-Everything goes to OUT/headline.json and OUT/headline.md, rewritten after every step; the runs' logs and results.json
-are copied to OUT.
+A lent GPU is lent once: `--deadline S` is the whole script's deadline. A run that is still going when the time its
+budget allows (plus `--grace`) or the deadline is reached is stopped (SIGTERM to its process group, SIGKILL a few
+seconds later), and what it wrote is kept: its log is written to OUT as it runs, its history.csv, results.json and
+pictures are copied to OUT every few seconds, and OUT/headline.json and .md are rewritten after every step.
 
-Usage (one H200, about 9.5 minutes): python bench/headline.py path/to/tiny-imagenet-200.tar.gz --out OUT --budget 9m
-A second command: python bench/headline.py path/to/tiny-imagenet-200.tar.gz --out OUT2 --budget 4m --compare sep_fused_s --compare-budget 4m --bare
-Levers at a budget: python bench/headline.py ARCHIVE --out OUT3 --budget 4m --skip-headline --variant no32='--sizes 48,64 --epochs 14,16' \
-                    --variant fixres='--sizes 32,48,56 --test-size 64'
+Usage (one H200, 15 minutes of device time: this is the third call, after the archive's parts and the wheels):
+  python bench/headline.py path/to/tiny-imagenet-200.tar.gz --out OUT --budget 9m --deadline 570
+The separable model at the same budget (the next lent GPU): ... --budget 9m --deadline 570 --arch sep_fused_s
 On a CPU, `--quick` runs the demo preset on DATA (e.g. the bundled sample) with a budget of seconds, for testing."""
-import argparse, json, os, platform, shlex, shutil, subprocess, sys, tempfile, time
+import argparse, json, os, platform, shlex, shutil, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, cpu_model, load
@@ -31,37 +33,72 @@ def write(out, d):
 
 
 def epoch_rows(res, n_train):
-    "Per epoch: size, seconds, training images/s, and whether it compiled (first at its size) or validated"
+    "Per epoch: size, seconds, training-only images/s, and whether it was the first at its size or validated"
     rows, seen = [], set()
     for h in res.get('history', []):
         first = h['size'] not in seen; seen.add(h['size'])
-        rows.append(dict(epoch=h['epoch'] + 1, size=h['size'], time_s=h['time_s'], ips=round(n_train/h['time_s']) if h['time_s'] else None,
+        t = h.get('train_s') or h['time_s']
+        rows.append(dict(epoch=h['epoch'] + 1, size=h['size'], time_s=h['time_s'], train_s=t, ips=round(n_train/t) if t else None,
                          first_at_size=first, validated=h.get('top1') is not None))
     return rows
 
 
-def run_train(name, data, out, budget, preset, arch, work, extra=()):
-    "The CLI as a user runs it, from a fresh cache; returns what the run wrote and the command's wall time"
-    run_dir, env = work/name, dict(os.environ, XDG_CACHE_HOME=str(work/f'cache-{name}'), PYTHONUNBUFFERED='1')
-    cmd = [sys.executable, '-c', 'import sys; from tiny_fastai.cli import main; sys.exit(main())', 'train', '--preset', preset, '--budget', budget, '--data', str(data),
-           '--out', str(run_dir), *(['--arch', arch] if arch else []), *extra]
+KEEP = ('results.json', 'history.csv', 'history.png', 'confusion.png', 'top_losses.png', 'model.json')
+
+def sync(run_dir, out, name):
+    "Copy the small files the run has written so far to OUT (as `name_<file>`): what a stopped run leaves behind"
+    for f in KEEP:
+        src = Path(run_dir)/f
+        if src.exists():
+            try: shutil.copyfile(src, out/f'{name}_{f}')
+            except OSError: pass
+
+
+def train_command(preset, budget, data, run_dir, arch=None, extra=()):
+    "The command a user types, run through the console script's entry point (`tiny_fastai.cli.run`)"
+    return [sys.executable, '-c', 'from tiny_fastai.cli import run; run()', 'train', '--preset', preset, '--budget', budget,
+            '--data', str(data), '--out', str(run_dir), *(['--arch', arch] if arch else []), *extra]
+
+
+def stop(proc, grace=5.):
+    "End `proc` and its process group (loader workers included): SIGTERM, then SIGKILL after `grace` seconds"
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.)):
+        try: os.killpg(proc.pid, sig)
+        except ProcessLookupError: return
+        try: proc.wait(wait); return
+        except subprocess.TimeoutExpired: pass
+
+
+def run_train(name, data, out, budget, preset, arch, work, extra=(), until=None):
+    "The CLI as a user runs it, isolated and stopped at `until` (a `time.time()`); what the run wrote, its wall time and how it ended"
+    run_dir = work/name
+    env = dict(os.environ, XDG_CACHE_HOME=str(work/f'cache-{name}'), FASTAI_HOME=str(work/f'fastai-{name}'), PYTHONUNBUFFERED='1')
+    cmd = train_command(preset, budget, data, run_dir, arch, extra)
+    command = 'tiny-fastai ' + ' '.join(cmd[3:])
     t = time.time()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    with open(out/f'{name}.log', 'w') as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        ended = 'exit'
+        while proc.poll() is None:
+            if until is not None and time.time() >= until: stop(proc); ended = 'stopped at the deadline'; break
+            sync(run_dir, out, name); time.sleep(1.)
     wall = time.time() - t
-    (out/f'{name}.log').write_text(p.stdout + p.stderr)
-    if p.returncode != 0: return dict(command='tiny-fastai ' + ' '.join(cmd[3:]), wall_s=round(wall, 1), error=(p.stderr or p.stdout)[-2000:])
+    sync(run_dir, out, name)
+    base = dict(command=command, wall_s=round(wall, 1), ended=ended, returncode=proc.returncode)
+    if ended != 'exit' or proc.returncode != 0 or not (run_dir/'results.json').exists():
+        return dict(base, error=(ended if ended != 'exit' else f'exit code {proc.returncode}') + ': ' + (out/f'{name}.log').read_text()[-2000:])
     res = json.loads((run_dir/'results.json').read_text())
-    shutil.copy(run_dir/'results.json', out/f'{name}_results.json')
+    rec = res['recipe']
     rows = epoch_rows(res, res['n_train'])
     epochs_s = sum(r['time_s'] for r in rows)
     steady = [r for r in rows if not r['first_at_size'] and not r['validated']]
     by_size = {s: round(sum(r['ips'] for r in steady if r['size'] == s)/max(1, len([r for r in steady if r['size'] == s])))
                for s in dict.fromkeys(r['size'] for r in rows)}
-    return dict(command='tiny-fastai ' + ' '.join(cmd[3:]), wall_s=round(wall, 1), budget_s=res.get('budget', {}).get('budget_s'),
-                top1=res['top1'], top5=res['top5'], top1_tta=res.get('top1_tta'), tta=res.get('tta'), arch=res['arch'],
-                params=res['params'], epochs=res['epochs'], stages=res['stages'], device=res['device'],
-                budget=res.get('budget'), epochs_s=round(epochs_s, 1), fixed_s=round(wall - epochs_s, 1),
-                steady_ips=by_size, rows=rows)
+    return dict(base, budget_s=rec['budget'], top1=res['top1'], top5=res['top5'], top1_tta=res.get('top1_tta'), tta=rec['tta'],
+                arch=rec['arch'], params=res['params'], epochs=sum(n for _, n, _ in rec['stages']),
+                stages=[dict(size=s, epochs=n, lr=lr) for s, n, lr in rec['stages']], device=res['device'], budget=res.get('budget'),
+                phases=res.get('phases'), results_wall_s=res.get('wall_s'), exit_s=round(wall - (res.get('wall_s') or wall), 1),
+                epochs_s=round(epochs_s, 1), fixed_s=round(wall - epochs_s, 1), steady_ips=by_size, rows=rows)
 
 
 def bare_steps(arch, sizes, bs, steps=20, warmup=5, compile=True):
@@ -103,7 +140,7 @@ def markdown(d):
         s += ["| run | model (params) | budget s | command wall s | epochs | top-1 | top-1 TTA | epochs s | fixed s | steady train images/s by size |",
               "|---|---|---|---|---|---|---|---|---|---|"]
         for k, r in runs:
-            if 'error' in r: s.append(f"| {k} | - | - | {r['wall_s']} | - | failed | - | - | - | {r['error'][-200:]!r} |"); continue
+            if 'error' in r: s.append(f"| {k} | - | - | {r['wall_s']} | - | {r['ended']} | - | - | - | {r['error'][-200:]!r} |"); continue
             s.append(f"| {k} | {r['arch']} ({r['params']/1e6:.1f}M) | {f(r['budget_s'], '.0f')} | {r['wall_s']} | {r['epochs']} | "
                      f"{f(r['top1'])} | {f(r['top1_tta'])} ({r['tta']}) | {r['epochs_s']} | {r['fixed_s']} | "
                      + ', '.join(f"{k2} px: {v2:,}" for k2, v2 in r['steady_ips'].items()) + " |")
@@ -111,9 +148,11 @@ def markdown(d):
             if 'error' in r: continue
             s += ["", f"## {k}: `{r['command']}`", "", f"Plan chosen by the budget: " +
                   ', '.join(f"{st['epochs']} x {st['size']} px (lr {st['lr']:.2g})" for st in r['stages']),
-                  f"Budget record: {json.dumps(r['budget'])}", "", "| epoch | size | s | images/s | note |", "|---|---|---|---|---|"]
-            s += [f"| {x['epoch']} | {x['size']} | {x['time_s']} | {x['ips']:,} | "
-                  f"{'first at this size (compiles)' if x['first_at_size'] else ''}{' validated' if x['validated'] else ''} |" for x in r['rows']]
+                  f"Budget record: {json.dumps(r['budget'])}", "", "| phase | s |", "|---|---|"]
+            s += [f"| {ph} | {v} |" for ph, v in (r.get('phases') or {}).items()] + [f"| after results.json (exit) | {r['exit_s']} |", f"| command | {r['wall_s']} |"]
+            s += ["", "| epoch | size | s | training s | training images/s | note |", "|---|---|---|---|---|---|"]
+            s += [f"| {x['epoch']} | {x['size']} | {x['time_s']} | {x['train_s']} | {x['ips']:,} | "
+                  f"{'first at this size' if x['first_at_size'] else ''}{' validated' if x['validated'] else ''} |" for x in r['rows']]
     if d.get('bare'):
         s += ["", "## Bare training step (no loader, no callbacks)", "", "| model | size | batch | compiled | images/s | warm-up s |", "|---|---|---|---|---|---|"]
         s += [f"| {b['arch']} | {b['size']} | {b['bs']} | {b['compiled']} | {b['ips']:,} | {b['warmup_s']} |" for b in d['bare']]
@@ -134,9 +173,18 @@ def main(argv=None):
     p.add_argument('--skip-headline', action='store_true', help='run only the --compare and --variant runs')
     p.add_argument('--bare', action='store_true', help='also time the bare compiled step of each model at the sizes')
     p.add_argument('--work-dir', default=None)
+    p.add_argument('--deadline', type=float, default=None, help='seconds the whole script may take: a run still going then is stopped, what it wrote kept')
+    p.add_argument('--grace', type=float, default=30., help="seconds a run may exceed its own budget before it is stopped (default 30)")
     p.add_argument('--quick', action='store_true', help='on a CPU: the demo preset on DATA with a budget of seconds')
     a = p.parse_args(argv)
     if a.data is None: p.error('give the Tiny ImageNet archive or folder (or set TINY_IMAGENET)')
+    t0 = time.time()
+    end = t0 + a.deadline if a.deadline else None
+    def until(budget):
+        "When a run of `budget` started now must be stopped: its budget and the grace, or the script's deadline"
+        from tiny_fastai.plan import check_budget
+        t = time.time() + check_budget(budget) + a.grace
+        return t if end is None else min(t, end)
     import torch
     out, work = Path(a.out), Path(a.work_dir or tempfile.mkdtemp(prefix='headline_'))
     gpu = torch.cuda.is_available()
@@ -148,21 +196,22 @@ def main(argv=None):
     write(out, d)
     try:
         extra = ('--sizes', '16,24', '--epochs', '1,2', '--bs', '32') if a.quick else ()
-        if not a.skip_headline: d['runs']['headline'] = run_train('headline', a.data, out, a.budget, preset, a.arch, work, extra); write(out, d)
+        if not a.skip_headline: d['runs']['headline'] = run_train('headline', a.data, out, a.budget, preset, a.arch, work, extra, until(a.budget)); write(out, d)
         for v in a.variant:
             name, _, opts = v.partition('=')
             if not name or not name.isidentifier(): p.error(f"--variant {v!r}: give NAME=OPTIONS with a plain name")
-            d['runs'][name] = run_train(name, a.data, out, a.budget, preset, a.arch, work, tuple(extra) + tuple(shlex.split(opts)))
+            d['runs'][name] = run_train(name, a.data, out, a.budget, preset, a.arch, work, tuple(extra) + tuple(shlex.split(opts)), until(a.budget))
             write(out, d)
         if a.compare:
-            d['runs'][a.compare] = run_train(a.compare, a.data, out, a.compare_budget or a.budget, preset, a.compare, work, extra)
+            d['runs'][a.compare] = run_train(a.compare, a.data, out, a.compare_budget or a.budget, preset, a.compare, work, extra, until(a.compare_budget or a.budget))
             write(out, d)
-        if a.bare:
+        if a.bare and (end is None or time.time() < end - 60):   # the bare step needs about a minute
             sizes = (16, 24) if a.quick else (32, 48, 64)
             for arch in [a.arch or ('tiny' if a.quick else 'dense')] + ([a.compare] if a.compare else []):
                 d['bare'] += bare_steps(arch, sizes, 16 if a.quick else 512, *((3, 1) if a.quick else (20, 5)), compile=gpu)
                 write(out, d)
-        d['status'] = 'done'
+        d['status'] = 'done' if all(r.get('ended', 'exit') == 'exit' for r in d['runs'].values()) else 'stopped at the deadline'
+        d['script_s'] = round(time.time() - t0, 1)
     except BaseException as e:
         d['status'], d['error'] = 'failed', f"{type(e).__name__}: {e}"[-2000:]
         raise

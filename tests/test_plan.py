@@ -38,9 +38,9 @@ def test_presets_are_recipes_with_their_names():
 
 
 def test_resolve_plan_overrides_and_refuses_unknown_settings():
-    r = resolve_plan('sprint', epochs=[1, 1, 2], bs=256, mix='cutmix', ema=0.999)
-    assert (r.epochs, r.bs, r.mix, r.ema, r.arch) == ([1, 1, 2], 256, 'cutmix', 0.999, 'dense')
-    assert get_recipe('sprint').bs == 512   # the preset itself is unchanged
+    r = resolve_plan('sprint', epochs=[1, 2], bs=256, mix='cutmix', ema=0.999)
+    assert (r.epochs, r.bs, r.mix, r.ema, r.arch) == ([1, 2], 256, 'cutmix', 0.999, 'dense')
+    assert get_recipe('sprint').bs == 1024   # the preset itself is unchanged
     with pytest.raises(PlanError, match=r"unknown setting\(s\) 'momentum'"): resolve_plan('demo', momentum=0.9)
 
 
@@ -54,16 +54,26 @@ def test_check_budget_refuses_what_is_not_a_duration(bad):
     with pytest.raises(PlanError, match='budget'): check_budget(bad)
 
 
+def test_batch_size_scales_the_learning_rate_where_the_preset_says_so():
+    "sprint's rates are for its batch of 1024: --bs 512 halves them (SGD: linear); the demo's (no scale_lr) stay; given rates stay"
+    assert resolve_plan('sprint', bs=512).lrs == [0.4, 0.4] and resolve_plan('sprint').lrs == [0.8, 0.8]
+    assert resolve_plan('sprint', bs=512, lrs=[0.3]).lrs == [0.3, 0.3]
+    assert resolve_plan('demo', bs=32).lrs == [1e-2, 1e-2]
+    assert abs(resolve_plan('demo', bs=256, scale_lr=True).lrs[0] - 2e-2) < 1e-12   # adam: the square root
+
+
 def test_budget_stages_keeps_proportions_and_fits():
-    stages = [(24, 6, 1e-2), (32, 10, 1e-2)]
-    plan = budget_stages(stages, epoch_s=[1.0, 1.5], valid_s=[0.2, 0.3], budget_s=60)
+    stages = [Stage(24, 6, 1e-2), Stage(32, 10, 1e-2)]
+    plan = budget_stages(stages, epoch_s=[1.0, 1.5], fixed_s=[0.2, 0.3], budget_s=60)
     cost = sum(s.epochs*e for s, e in zip(plan, [1.0, 1.5])) + 0.5
     assert cost <= 60 and cost > 60 - 1.5 - 1.0          # no room left for another epoch of either stage
     assert abs(plan[1].epochs/plan[0].epochs - 10/6) < 0.2 and [s.lr for s in plan] == [1e-2, 1e-2]
     # a small budget: at least one epoch per stage; a huge one: at most the rules' 500 epochs
     assert [s.epochs for s in budget_stages(stages, [1., 1.], [0., 0.], 2.5)] == [1, 1]
     assert sum(s.epochs for s in budget_stages(stages, [1e-3, 1e-3], [0., 0.], 1e6)) <= MAX_EPOCHS
-    with pytest.raises(PlanError, match='one epoch per stage needs'): budget_stages(stages, [10., 10.], [1., 1.], 15)
+    # short of one epoch per stage: the earliest stages go, the last size stays; refused only when not even it fits
+    assert budget_stages(stages, [10., 10.], [1., 1.], 15) == [Stage(32, 1, 1e-2)]
+    with pytest.raises(PlanError, match='one epoch at 32 px'): budget_stages(stages, [10., 10.], [1., 1.], 9)
 
 
 def test_recipe_switches_off_with_zero_and_none():
@@ -76,5 +86,8 @@ def test_recipe_switches_off_with_zero_and_none():
 
 
 def test_budget_spent_before_training_is_one_line():
+    "A deadline already past when training is to start: one line, no trial fit (no learner is even looked at), no negative seconds"
+    import time
     from tiny_fastai.fit import fit_budget
-    with pytest.raises(PlanError, match=r'the budget was used up before training could start \(18 s over'): fit_budget(None, [(16, 1)], -18)
+    with pytest.raises(PlanError, match=r'^the budget was used up before training could start \(on start-up, the data and the learner\)'):
+        fit_budget(None, [Stage(16, 1)], time.time() - 18)

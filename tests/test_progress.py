@@ -5,7 +5,7 @@ import json, math, pytest, torch
 from tiny_fastai.core import seed_everything, cpu_setup, cpu_cores
 from tiny_fastai.data import make_subset, sample_path
 from tiny_fastai.loaders import tiny_dls
-from tiny_fastai.plan import Stage
+from tiny_fastai.plan import Stage, Recipe
 from tiny_fastai.checkpoint import RunProgress, read_checkpoint
 from tiny_fastai.learner import tiny_learner
 from tiny_fastai.fit import progressive_fit, time_steps
@@ -63,13 +63,15 @@ def test_loaders_do_not_reseed_the_process(data):
 
 
 def test_results_schema_roundtrip(tmp_path):
-    r = Results('demo', 'tiny', 1234, 0.5, 0.9, top1_tta=float('nan'), stages=[dict(size=16, epochs=1, lr=1e-3)],
-                budget=dict(budget_s=60.0, epochs=[1]))
+    from tiny_fastai.plan import resolve_plan
+    rec = resolve_plan('demo', sizes=[16], epochs=[1], lrs=[1e-3], budget='60s').to_dict()
+    r = Results(rec, 1234, 0.5, 0.9, top1_tta=float('nan'), budget=dict(epochs=[1]), phases=dict(data=1.5))
     text = r.to_json()
     d = json.loads(text)
-    assert d['top1_tta'] is None and d['version'] and d['budget']['epochs'] == [1]
+    assert d['top1_tta'] is None and d['version'] and d['budget']['epochs'] == [1] and d['recipe']['budget'] == 60.
     back = Results.from_json(text)
-    assert back.stages == r.stages and back.params == 1234
+    assert back.stages == r.stages == [dict(size=16, epochs=1, lr=1e-3)] and back.params == 1234 and back.preset == 'demo'
+    assert Recipe.from_dict(back.recipe) == resolve_plan('demo', sizes=[16], epochs=[1], lrs=[1e-3], budget='60s')   # the recipe, whole
     with pytest.raises(ValueError, match='fields this version does not know: shoe_size'):
         Results.from_json(json.dumps({**d, 'shoe_size': 44}), tmp_path/'results.json')
     with pytest.raises(ValueError, match='is not JSON'): Results.from_json('{', 'r.json')
@@ -87,24 +89,48 @@ def test_time_steps_leaves_the_learner_as_it_was(data, tmp_path):
 
 def test_budgeted_fit_chooses_epochs_validates_at_stage_ends_and_resumes_its_plan(data, tmp_path, monkeypatch):
     "The plan comes from the timings (here fixed, so that a busy machine does not change it; `time_steps` is tested above)"
+    import time
     import tiny_fastai.fit as fit
-    monkeypatch.setattr(fit, 'time_steps', lambda learn, size, **kw: dict(size=size, batch_s=1.0, valid_batch_s=0.5, probe_s=0.))
+    from tiny_fastai.plan import Stage
+    monkeypatch.setattr(fit, 'time_steps', lambda learn, size, **kw: dict(size=size, batch_s=1.0, valid_batch_s=0.5, start_s=0., probe_s=0.))
     learn = tiny_learner(_dls(data), 'tiny', path=tmp_path, ckpt_every=float('inf'))
-    progressive_fit(learn, [(16, 1, 2e-3), (32, 2, 2e-3)], sched='one', budget=40, config=dict(budget_s=40))
+    plan = [Stage(16, 1, 2e-3), Stage(32, 2, 2e-3)]
+    config = dict(budget=[40, [[16, 1], [32, 2]]])
+    # 40 s for training: what follows it (one val pass of 5 batches at 0.5 s, POST_S 3 s, EXIT_S 2 s) is added to the deadline
+    dl = fit.fit_budget(learn, plan, time.time() + 40 + 5*0.5 + 3 + fit.EXIT_S, dict(passes=1, scale=1., post_s=3.), sched='one')
+    dl.at += 3600   # the real epochs' speed must not change the plan here (a busy machine): `replan` is tested below
+    progressive_fit(learn, dl.stages, sched='one', config=config, deadline=dl, valid_every=10**9)
     p = learn.run_progress
     b = p.budget
     assert b['train_s_planned'] <= b['train_s_left'] and [s.epochs for s in p.stages] == b['epochs']
-    # 6 batches of 16 at 1 s + EPOCH_S an epoch, 5 val batches of 10 at 0.5 s at each stage's end: 2+3 epochs fit 40 s, 2+4 do not
-    assert b['epochs'] == [2, 3] and abs(b['train_s_planned'] - (5*(6 + fit.EPOCH_S) + 5)) < 0.1
-    assert len(p.history) == p.total_epochs >= 2 and [t['size'] for t in b['timed']] == [16, 32]
+    # 6 batches of 16 at 1 s + EPOCH_S an epoch, 5 val batches of 10 at 0.5 s and a checkpoint at each stage's end: 2+3 epochs fit 40 s, 2+4 do not
+    assert b['epochs'] == [2, 3] and abs(b['train_s_planned'] - (5*(6 + fit.EPOCH_S) + 5 + 2*b['checkpoint_s'])) < 0.1
+    assert len(p.history) == p.total_epochs >= 2 and sorted(t['size'] for t in b['timed']) == [16, 32]
     ends = {sum(s.epochs for s in p.stages[:i+1]) - 1 for i in range(len(p.stages))}
     for r in p.history:   # validated at each stage's end only: the other epochs have no valid numbers
         assert (r.get('top1') is not None) == (r['epoch'] in ends), r
+        assert 0 < r['train_s'] <= r['time_s']
     assert p.history[-1]['lr'] == 2e-3 and math.isfinite(p.history[-1]['train_loss'])
-    # the same call again: the checkpoint's plan is kept (no second timing), nothing is retrained
+    # the same run again: the checkpoint's plan is kept (no second timing), nothing is retrained
     learn2 = tiny_learner(_dls(data), 'tiny', path=tmp_path)
-    progressive_fit(learn2, [(16, 1, 2e-3), (32, 2, 2e-3)], sched='one', budget=40, config=dict(budget_s=40))
+    again = fit.resumed_plan(learn2, config)
+    assert again == p.stages and fit.resumed_plan(learn2, dict(budget=[60, [[16, 1], [32, 2]]])) is None   # another budget: planned anew
+    progressive_fit(learn2, again, sched='one', config=config)
     assert learn2.run_progress.stages == p.stages and learn2.run_progress.epochs_this_run == 0
+
+
+def test_deadline_shortens_the_remaining_stages_when_epochs_run_slow(data, tmp_path, monkeypatch):
+    "Epochs slower than timed: at the next stage's start the remaining epochs are cut to what the measured speed fits"
+    import time
+    import tiny_fastai.fit as fit
+    from tiny_fastai.plan import Stage
+    learn = tiny_learner(_dls(data), 'tiny', path=tmp_path, ckpt_every=float('inf'))
+    learn.run_progress.start([Stage(16, 2, 2e-3), Stage(32, 10, 2e-3)])
+    learn.run_progress.history = [dict(epoch=i, size=16, time_s=4.0, run=1) for i in range(2)]   # timed at 1 s, ran at 4 s
+    dl = fit.Deadline([], time.time() + 30, 2., epoch_s={16: 1., 32: 1.}, fixed_s={16: 0., 32: 0.}, record={})
+    dl.replan(learn, 1)
+    n = learn.run_progress.stages[1].epochs
+    assert 1 <= n <= 7 and n*4 <= 28 and dl.record['replanned'][0]['ratio'] == 4.0   # 28 s left at 4 s an epoch
 
 
 def test_recalibrate_bn_changes_statistics_not_weights(data, tmp_path):

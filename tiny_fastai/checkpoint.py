@@ -8,6 +8,7 @@ from .core import *
 from fastai.vision.all import *
 import os, time, pickle, signal, threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fastai.learner import SkipToEpoch
 from .files import atomic_save, clean_tmp
@@ -16,8 +17,8 @@ from .loaders import dls_size
 from .plan import Stage
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'CheckpointError', 'rng_state', 'plain', 'set_rng_state', 'reseed_augmenters', 'RunProgress', 'probing',
-           'RunRecorder', 'Checkpoint', 'history_csv', 'read_checkpoint', 'load_checkpoint']
+__all__ = ['CKPT_FORMAT', 'CheckpointError', 'rng_state', 'plain', 'set_rng_state', 'reseed_augmenters', 'TrialCallback',
+           'probing', 'RunProgress', 'Checkpoint', 'history_csv', 'read_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/08_checkpoint.ipynb #4ed96467
 class CheckpointError(ValueError):
@@ -57,18 +58,20 @@ def reseed_augmenters(dl):
         if isinstance(t, ImgAugTransform): reseed(t)
 
 # %% ../nbs/08_checkpoint.ipynb #04efcfd3
-@dataclass
-class RunProgress:
-    "Where a run stands: its plan, the stage and epoch it is at, its learning rates, one history row per completed epoch"
-    stages: list = field(default_factory=list)   # the plan, `Stage`s (empty for a plain `fit`)
-    config: dict = field(default_factory=dict)   # what else identifies the run (arch, bs, seed, data, ...): a resume must match it
-    stage: int = 0                               # the stage being trained, an index into `stages`
-    stage_epochs: int = 0                        # epochs completed in that stage
-    lrs: list = field(default_factory=list)      # the peak learning rate of each stage (None until `lr_find` chose it)
-    history: list = field(default_factory=list)  # one row per completed training epoch, all stages and runs
-    runs: int = 1                                # which invocation trains now: 1, then 2 after the first resume, ...
-    active: bool = False                         # `progressive_fit` is running the plan (not saved)
-    budget: dict = None                          # what `fit_budget` measured and chose, when the plan was fitted to a time budget
+class TrialCallback(Callback):
+    "Base class of the callbacks that run a trial fit (its epochs are not the run's): `RunProgress.real_fit` is False in it"
+
+def probing(learn) -> bool:
+    "Whether `learn` is in a trial fit (`lr_find`, or a `TrialCallback` such as the budget's timing) whose epochs are not the run's"
+    return any(isinstance(c, (LRFinder, TrialCallback)) for c in learn.cbs)
+
+class RunProgress(Callback):
+    "Where a run stands (its plan, stage, epoch, learning rates, history, phases), and one history row per completed training epoch"
+    order = 64   # after Recorder (50) and the progress bar (60), before Checkpoint (65): the epoch's metrics are final
+    def __init__(self, stages=(), config:dict=None, stage:int=0, stage_epochs:int=0, lrs=None, history=None, runs:int=1, budget:dict=None):
+        self.stages,self.config,self.stage,self.stage_epochs = list(stages),dict(config or {}),stage,stage_epochs
+        self.lrs,self.history,self.runs,self.budget = list(lrs if lrs is not None else [s.lr for s in self.stages]),list(history or []),runs,budget
+        self.active,self.phases = False,{}
 
     @property
     def total_epochs(self) -> int: return sum(s.epochs for s in self.stages)
@@ -82,8 +85,21 @@ class RunProgress:
         return self.stages[self.stage] if self.active and self.stage < len(self.stages) else None
     @property
     def lr(self): return self.lrs[self.stage] if self.current is not None else None
+    @property
+    def real_fit(self) -> bool:
+        "Whether the fit in progress is the run's own: not `lr_find` or a trial, not `validate`, `get_preds` or `tta`"
+        return self.learn is not None and not probing(self.learn) and not hasattr(self.learn, 'gather_preds')
 
 # %% ../nbs/08_checkpoint.ipynb #a9d24614
+@patch
+def start(self:RunProgress, stages, config:dict=None, lrs=None):
+    "Begin the plan `stages` (checked `Stage`s) identified by `config`; the history and the run count stay"
+    self.stages,self.config = list(stages),dict(config or {})
+    self.lrs = list(lrs if lrs is not None else [s.lr for s in self.stages])
+    self.stage = self.stage_epochs = 0
+    self.budget = None
+    return self
+
 @patch
 def fraction(self:RunProgress, learn) -> float:
     "How far training has come, 0..1: over the whole plan inside `progressive_fit`, else over the current fit"
@@ -111,31 +127,38 @@ def load_state_dict(self:RunProgress, sd:dict):
     self.budget = m.get('budget_record', self.budget)
     return self
 
-# %% ../nbs/08_checkpoint.ipynb #4d4cce02
-def probing(learn) -> bool:
-    "Whether `learn` is in a trial fit (`lr_find`, or `time_steps` timing batches) whose epochs are not the run's"
-    return hasattr(learn, 'lr_finder') or hasattr(learn, 'step_timer')
+@patch
+@contextmanager
+def phase(self:RunProgress, name:str):
+    "Add the seconds of the block to `phases[name]` (the time of each phase of this invocation, for results.json)"
+    t = time.monotonic()
+    try: yield
+    finally: self.phases[name] = round(self.phases.get(name, 0.) + time.monotonic() - t, 2)
 
+# %% ../nbs/08_checkpoint.ipynb #4d4cce02
 def _num(o):
     try: return float(o)
     except (TypeError, ValueError): return o
 
-class RunRecorder(Callback):
-    "Add a history row to `learn.run_progress` after each completed training epoch"
-    order = 64   # after Recorder (50) and the progress bar (60), before Checkpoint (65)
-    def before_fit(self): self.run = not probing(self.learn) and not hasattr(self, 'gather_preds')
-    def before_epoch(self): self.trained,self.t0 = False,time.time()
-    def before_train(self): reseed_augmenters(self.dl)
-    def after_train(self): self.trained = True
+@patch
+def before_fit(self:RunProgress): self.recording = self.real_fit
+@patch
+def before_epoch(self:RunProgress): self.trained,self.t0 = False,time.monotonic()
+@patch
+def before_train(self:RunProgress):
+    if self.recording: reseed_augmenters(self.dl)
+@patch
+def after_train(self:RunProgress): self.trained,self.t_train = self.recording,time.monotonic()
 
-    def after_epoch(self):
-        if not self.trained: return
-        p,st = self.learn.run_progress,self.learn.run_progress.current
-        names = [n for n in self.learn.recorder.metric_names[1:] if n != 'time']
-        p.history.append(dict(epoch=p.epochs_done, stage=p.stage if st else None, size=st.size if st else dls_size(self.dls),
-                              stage_epoch=self.epoch, lr=p.lr, **{n: _num(v) for n,v in zip(names, self.learn.final_record)},
-                              time_s=round(time.time()-self.t0, 2), run=p.runs))
-        p.stage_epochs = self.epoch+1
+@patch
+def after_epoch(self:RunProgress):
+    if not self.trained: return
+    st,t = self.current,time.monotonic()
+    names = [n for n in self.learn.recorder.metric_names[1:] if n != 'time']
+    self.history.append(dict(epoch=self.epochs_done, stage=self.stage if st else None, size=st.size if st else dls_size(self.dls),
+                             stage_epoch=self.epoch, lr=self.lr, **{n: _num(v) for n,v in zip(names, self.learn.final_record)},
+                             time_s=round(t-self.t0, 2), train_s=round(self.t_train-self.t0, 2), run=self.runs))
+    self.stage_epochs = self.epoch+1
 
 # %% ../nbs/08_checkpoint.ipynb #f7f69c4a
 CKPT_FORMAT = 'tiny_fastai.checkpoint/1'
@@ -149,7 +172,7 @@ def _in_fit(frame) -> bool:
 
 class Checkpoint(Callback):
     "Save model, optimizer, RNG states, EMA and `learn.run_progress` atomically after completed epochs (at most every `every_s`)"
-    order = 65   # after RunRecorder (64): the epoch's row is in the progress it saves
+    order = 65   # after RunProgress (64): the epoch's row is in the progress it saves
     def __init__(self, fname='ckpt', csv='history.csv', every_s:float=120):
         store_attr()
         self.smooth,self.saved_at,self.stop,self.handlers,self.muted = None,None,None,{},None
@@ -158,7 +181,7 @@ class Checkpoint(Callback):
     def file(self): return self.learn.path/self.learn.model_dir/f'{self.fname}.pth'
 
     def before_fit(self):
-        self.run = not probing(self.learn) and not hasattr(self, 'gather_preds')
+        self.run = self.learn.run_progress.real_fit
         if self.run and self.smooth is not None and self._resuming():
             sl = self.learn.recorder.smooth_loss   # resuming inside a stage: continue the smoothed train loss too
             sl.count,sl.val = self.smooth
@@ -208,9 +231,12 @@ def after_epoch(self:Checkpoint):
     if self.epoch+1 >= self.n_epoch or self.stop is not None or time.monotonic()-self.saved_at >= self.every_s: self.save()
     elif self.csv: atomic_save(history_csv(self.learn.run_progress.history), self.learn.path/self.csv, text=True)
     if self.stop is not None:
+        sig = self.stop
         self._restore_signals(); self.stop = None
-        raise KeyboardInterrupt(f"stopped after epoch {self.learn.run_progress.epochs_done}; the checkpoint {self.file} is saved: "
-                                "run the same command to resume")
+        e = KeyboardInterrupt(f"stopped after epoch {self.learn.run_progress.epochs_done}; the checkpoint {self.file} is saved: "
+                              "run the same command to resume")
+        e.signum = sig   # the CLI exits with the shell's code of the signal (130 for SIGINT, 143 for SIGTERM)
+        raise e
 
 @patch
 def after_fit(self:Checkpoint):

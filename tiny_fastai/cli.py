@@ -4,35 +4,44 @@
 
 # %% ../nbs/17_cli.ipynb #8d6970e1
 from __future__ import annotations
-import argparse, json, os, sys, time, warnings
+import argparse, json, os, signal, sys, time, warnings
+from dataclasses import fields
 from pathlib import Path
 from .text import safe_text   # no fastai: --help and argument errors stay immediate
+from .plan import PlanError, Recipe, Stage, RunOptions, RECIPES, ARCH_PRESETS, resolve_plan
 
 # %% auto #0
-__all__ = ['CliError', 'get_parser', 'main']
+__all__ = ['CliError', 'add_settings', 'get_parser', 'settings', 'main', 'run']
 
 # %% ../nbs/17_cli.ipynb #93821509
-class CliError(ValueError):
+class CliError(PlanError):
     "A command-line value that cannot be used"
-
-_EXAMPLES = dict(epochs='2,2,4', sizes='16,32,64')
-
-def _ints(s, name):
-    try: return [int(o) for o in s.split(',')]
-    except ValueError:
-        raise CliError(f"--{name}: {s!r} is not a comma-separated list of integers (e.g. --{name} {_EXAMPLES.get(name, '2,2,4')})") from None
 
 def _path(s, opt):
     "`s` (the value of the path-like option `opt`), refused when empty: `Path('')` is the current folder"
     if s is not None and str(s) == '': raise CliError(f"{opt} is empty: give a path (or leave {opt} out)")
     return s
 
-def _lrs(s):
-    res = []
+def _opt(f) -> str: return '--' + f.metadata.get('name', f.name).replace('_', '-')
+
+def _value(s:str, f, opt:str):
+    "The text `s` of option `opt` as a value of the field `f` (by its type), or a `CliError` naming the option"
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == 'str' or f.name == 'budget': return _path(s, opt)   # a budget's units are the Recipe's to parse
+    if s.strip().lower() == 'none' and f.default is None: return None
+    conv,what = {'int': (int, 'an integer'), 'float': (float, 'a number')}[kind]
+    try: return conv(s)
+    except ValueError: raise CliError(f"{opt}: {s!r} is not {what}") from None
+
+def _per_stage(s:str, f):
+    "The comma-separated text `s` of a `Stage` field's option as a list (for `lr`: 'find' is None, lr_find's)"
+    opt,res = _opt(f),[]
     for o in s.split(','):
-        if o.strip().lower() in ('find', 'none', 'auto'): res.append(None); continue
-        try: res.append(float(o))
-        except ValueError: raise CliError(f"--lr: {o!r} is not a learning rate (a number such as 3e-3, or 'find')") from None
+        if f.name == 'lr' and o.strip().lower() in ('find', 'none', 'auto'): res.append(None); continue
+        try: res.append(int(o) if f.type in ('int', int) else float(o))
+        except ValueError:
+            raise CliError(f"{opt}: {s!r} is not a comma-separated list of {'integers' if f.type in ('int', int) else 'numbers'} "
+                           f"(e.g. {opt} {f.metadata['example']}{', or find' if f.name == 'lr' else ''})") from None
     return res
 
 # %% ../nbs/17_cli.ipynb #ad827c39
@@ -40,39 +49,38 @@ _MODEL_HELP = ("a run folder of tiny-fastai train, or its model.safetensors or m
                "without pickle: safe to share); a model.pkl is used only when named, and it is a pickle, which runs code when "
                "loaded: only use a model.pkl you made yourself")
 
+def _help(f, cls) -> str:
+    "The help of field `f` of `cls`: its own, its choices, and its default (a recipe's: the preset's)"
+    m,h = f.metadata,f.metadata['help']
+    if 'choices' in m: h += f" (one of: {', '.join(m['choices'])})"
+    if cls is Recipe: return h + ('; default demo' if f.name == 'name' else "; default: the preset's")
+    return h + ('' if f.default in (None, False) else f"; default {f.default}")
+
+def add_settings(p:argparse.ArgumentParser):
+    "One option per field of `Recipe` and `RunOptions`, and per-stage lists for the fields of `Stage`"
+    for cls in (Recipe, RunOptions):
+        g = p.add_argument_group('the recipe (default: the preset\'s)' if cls is Recipe else 'this run')
+        for f in fields(cls):
+            m = f.metadata
+            if f.name == 'stages':
+                for sf in fields(Stage): g.add_argument(_opt(sf), dest=f'stage_{sf.name}', metavar=sf.name.upper()+'S', help=sf.metadata['help'])
+            if m.get('name', f.name) is None: continue
+            if 'const' in m: g.add_argument(_opt(f), dest=f.name, action='store_const', const=m['const'], help=m['help_flag'])
+            elif m.get('flag'): g.add_argument(_opt(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=_help(f, cls))
+            else: g.add_argument(_opt(f), dest=f.name, metavar=f.name.upper(), help=_help(f, cls),
+                                 **(dict(nargs='?', const=m['bare']) if 'bare' in m else {}))
+    p.add_argument('--no-tta', dest='tta', action='store_const', const='none', help="the same as --tta none")
+    p.add_argument('--no-compile', dest='compile', action='store_const', const='off', help="the same as --compile off")
+
 def get_parser() -> argparse.ArgumentParser:
     "The `tiny-fastai` argument parser"
     p = argparse.ArgumentParser(prog='tiny-fastai', description="Train, evaluate and use an image classifier on Tiny ImageNet with fastai.",
                                 epilog="MODEL files: share model.safetensors + model.json; model.pkl is a pickle that runs code when loaded (only trust your own).")
     sub = p.add_subparsers(dest='cmd', metavar='COMMAND')
     t = sub.add_parser('train', help="train (or resume) a recipe; with no option: the demo on the bundled sample, on CPU",
-                       description="Train the recipe PRESET. Run the same command again to resume an interrupted run.")
-    t.add_argument('--preset', default='demo', help="demo (bundled sample, CPU, minutes), sprint (Tiny ImageNet, GPU, 5 minutes) or full (GPU, about an hour); default demo")
-    t.add_argument('--out', help="output folder (default: runs/<preset>)")
-    t.add_argument('--data', help="Tiny ImageNet folder, .zip/.tar.gz archive or URL (default: the sample for demo, the official URL for full)")
-    t.add_argument('--arch', help="model preset: tiny, small, medium, large, dense or dense_wide (default: the preset's)")
-    t.add_argument('--epochs', help="epochs per stage, comma-separated, e.g. 2,2,4 (at most 500 in all)")
-    t.add_argument('--sizes', help="image size per stage in px, comma-separated, e.g. 16,32,64")
-    t.add_argument('--bs', help="batch size")
-    t.add_argument('--lr', help="learning rate per stage (or one for all); 'find' runs lr_find for that stage")
-    t.add_argument('--seed', default='42', help="random seed (default 42)")
-    t.add_argument('--restart', action='store_true', help="ignore (and delete) the checkpoint in --out and start over")
-    t.add_argument('--workers', help="data loader processes (default: on a GPU the number of CPUs up to 16; on the CPU half of them, at most 4)")
-    t.add_argument('--skip-bad', action='store_true', help="leave out images that cannot be decoded instead of refusing to start")
-    t.add_argument('--cpu', action='store_true', help="train on the CPU even if a GPU is available")
-    t.add_argument('--no-tta', action='store_true', help="skip the test-time-augmentation evaluation")
-    t.add_argument('--tta', choices=['flip', 'aug'], help="test-time augmentation: flip (mirror images) or aug (fastai's tta with the training augmentation); default: the preset's")
-    t.add_argument('--sched', choices=['one', 'stages'], help="one: one cycle across all stages (one peak learning rate); stages: a cycle per stage (a rate each); default: the preset's")
-    t.add_argument('--mix', choices=['none', 'mixup', 'cutmix', 'mixcut'], help="MixUp/CutMix: none, mixup, cutmix or mixcut (one of the two per batch); default: the preset's")
-    t.add_argument('--ema', help="decay per step of an average of the weights that is evaluated and exported (e.g. 0.9998; 0: none); default: the preset's")
-    t.add_argument('--ls', help="label smoothing (e.g. 0.1; 0: plain cross-entropy); default: the preset's")
-    t.add_argument('--test-size', help="evaluate at this size in px after re-estimating batch norm there (FixRes); default: the last stage's")
-    t.add_argument('--budget', help="the whole command ends within this time (e.g. 60s, 9m, 1h): the preset's epochs are scaled to fit, from timing the loop; the schedule anneals to its end")
-    t.add_argument('--valid-every', help="validate every N epochs (and at each stage's end); default: every epoch, or with --budget only at each stage's end")
-    t.add_argument('--deterministic', action='store_true', help="bit-for-bit reproducible on a GPU (cuDNN deterministic, no autotuner; slower)")
-    c = t.add_mutually_exclusive_group()
-    c.add_argument('--compile', dest='compile', action='store_true', default=None, help="torch.compile the model (GPU; default: the preset's)")
-    c.add_argument('--no-compile', dest='compile', action='store_false', help="do not compile the model")
+                       description="Train the recipe PRESET with the options given (the others are the preset's). "
+                                   "Run the same command again to resume an interrupted run.")
+    add_settings(t)
     e = sub.add_parser('evaluate', help="top-1/top-5 of an exported model on a Tiny ImageNet val set")
     e.add_argument('model', help=_MODEL_HELP)
     e.add_argument('--data', help="Tiny ImageNet folder, archive or URL whose classes are the model's (default: the data it was trained on)")
@@ -105,27 +113,26 @@ def _int(s, opt, lo=None):
     if lo is not None and v < lo: raise CliError(f"{opt} must be at least {lo}, got {v}")
     return v
 
-def _float(s, opt):
-    if s is None: return None
-    try: return float(s)
-    except ValueError: raise CliError(f"{opt}: {s!r} is not a number") from None
+def settings(a:argparse.Namespace) -> tuple:
+    "The `Recipe` (the preset with the options given) and the `RunOptions` of the parsed `train` arguments, checked"
+    def given(cls): return {f.name: getattr(a, f.name) for f in fields(cls) if getattr(a, f.name, None) is not None and f.name != 'name'}
+    rec,run = given(Recipe),given(RunOptions)
+    for f in fields(Recipe):
+        if f.name in rec and f.metadata.get('flag') is None: rec[f.name] = _value(rec[f.name], f, _opt(f))
+    for f in fields(RunOptions):
+        if f.name in run and not f.metadata.get('flag') and 'const' not in f.metadata: run[f.name] = _value(run[f.name], f, _opt(f))
+    stage = {sf.name: _per_stage(getattr(a, f'stage_{sf.name}'), sf) for sf in fields(Stage) if getattr(a, f'stage_{sf.name}') is not None}
+    recipe = resolve_plan(a.name or 'demo', sizes=stage.get('size'), epochs=stage.get('epochs'), lrs=stage.get('lr'), **rec)
+    return recipe,RunOptions(**run)
 
 def _train(a):
-    bs,out,data = _int(a.bs, '--bs'),_path(a.out, '--out'),_path(a.data, '--data')
+    recipe,opts = settings(a)   # every value checked before fastai is imported
     from tiny_fastai.recipe import train_recipe, results_table
     from tiny_fastai.distrib import is_rank0
-    import torch
-    res = train_recipe(a.preset, out=out, data=data, arch=a.arch, epochs=_ints(a.epochs, 'epochs') if a.epochs else None,
-                       sizes=_ints(a.sizes, 'sizes') if a.sizes else None, lrs=_lrs(a.lr) if a.lr else None, bs=bs,
-                       seed=_int(a.seed, '--seed'), restart=a.restart, num_workers=_int(a.workers, '--workers', 0),
-                       skip_bad=a.skip_bad, device=torch.device('cpu') if a.cpu else None,
-                       tta=False if a.no_tta else (a.tta or True), deterministic=a.deterministic, compile=a.compile,
-                       sched=a.sched, budget=a.budget, valid_every=_int(a.valid_every, '--valid-every', 1),
-                       mix=a.mix, ema=_float(a.ema, '--ema'), ls=_float(a.ls, '--ls'), test_size=_int(a.test_size, '--test-size', 8), started=_STARTED, cli=True)
+    res = train_recipe(recipe, opts, started=_STARTED)
     if is_rank0():
-        out = Path(out if out is not None else Path('runs')/a.preset)
         print('\n' + results_table(res))
-        print(f"\nwrote {', '.join(res.files or [])} to {safe_text(out)}")
+        print(f"\nwrote {', '.join(res.files or [])} to {safe_text(opts.out_dir(recipe))}")
     return 0
 
 def _evaluate(a):
@@ -167,6 +174,37 @@ def _app(a):
     from tiny_fastai.app import serve
     serve(a.run, port=_int(a.port, '--port', 0), host=a.host)
     return 0
+
+# %% ../nbs/17_cli.ipynb #065851f3
+def main(argv=None) -> int:
+    "Entry point of the `tiny-fastai` command; returns the exit code"
+    p = get_parser()
+    a = p.parse_args(argv)
+    if a.cmd is None: p.print_help(); return 2
+    os.environ.setdefault('MPLBACKEND', 'Agg')
+    warnings.filterwarnings('ignore', category=FutureWarning)
+    warnings.filterwarnings('ignore', category=DeprecationWarning)
+    try: return dict(train=_train, evaluate=_evaluate, predict=_predict, app=_app)[a.cmd](a)
+    except KeyboardInterrupt as e:
+        sig = getattr(e, 'signum', signal.SIGINT)
+        print(f"tiny-fastai {a.cmd}: interrupted ({signal.Signals(sig).name}); " + ("run the same command again to resume from the last completed epoch"
+              if a.cmd == 'train' else "run it again to start it over"), file=sys.stderr)
+        return 128 + sig
+    except Exception as e:
+        if os.environ.get('TINY_FASTAI_DEBUG'): raise
+        known = isinstance(e, (ValueError, OSError, RuntimeError))
+        msg = str(e) if known and str(e) else f"{type(e).__name__}: {e}"
+        msg = '\n'.join(map(safe_text, msg.split('\n')))   # names from other people's files: no escape sequences reach the terminal
+        print(f"tiny-fastai {a.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+
+def run():
+    "The console script: `main`, then the process ends at once (no wait for worker processes and threads with nothing to write)"
+    code = main()
+    for f in (sys.stdout, sys.stderr):
+        try: f.flush()
+        except (OSError, ValueError): pass
+    os._exit(code)
 
 # %% ../nbs/17_cli.ipynb #065851f3
 def main(argv=None) -> int:

@@ -82,5 +82,5 @@ def cpu_setup(num_workers:int=None) -> int:
     return num_workers
 
 # %% ../nbs/00_core.ipynb #1e0a0c10
-class PlanError(ValueError):
-    "A training plan (stages, epochs, batch size, learning rate, preset) that cannot run"
+from .plan import PlanError
+_all_ = ['PlanError']

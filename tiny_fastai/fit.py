@@ -12,13 +12,16 @@ from contextlib import contextmanager
 from .files import RunDir, save_figure, clean_tmp
 from .loaders import resize_dls, dls_size
 from .distrib import on_rank0, broadcast_object
+from .files import atomic_save
 from .plan import PlanError, MAX_EPOCHS, Stage, check_plan, check_sched, check_lrs
-from .checkpoint import RunProgress, CheckpointError, read_checkpoint, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import TrialCallback, CheckpointError, read_checkpoint, load_checkpoint, rng_state, set_rng_state, plain
 from .callbacks import NanLossError, ValidEvery
 from .learner import is_oom
 
 # %% auto #0
-__all__ = ['EPOCH_S', 'find_lr', 'cycle_slice', 'progressive_fit', 'StepTimer', 'time_steps', 'budget_stages', 'fit_budget']
+__all__ = ['EPOCH_S', 'EXIT_S', 'COMPILE_S', 'COMPILE_GAIN', 'find_lr', 'cycle_slice', 'progressive_fit', 'StepTimer',
+           'time_steps', 'budget_stages', 'compile_pays', 'time_checkpoint', 'Deadline', 'fit_budget', 'resumed_plan',
+           'CompiledTraining']
 
 # %% ../nbs/11_fit.ipynb #91ff005d
 def find_lr(learn, fname=None, num_it:int=100, **kwargs) -> float:
@@ -56,17 +59,14 @@ def _memory_hint(learn, size):
         raise PlanError(f"out of memory at {size} px with a batch size of {learn.dls.train.bs}: lower the batch size (--bs) "
                         f"or the stage sizes (--sizes)") from e
 
-def _resume(learn, state:dict, p:RunProgress, budget, restart_hint:str) -> tuple:
-    "Check the checkpoint `state` against the run `p` and load it: the progress, and where to start (stage, epoch, RNG, stage ended)"
-    ck = learn.checkpoint
-    if budget is not None and state['meta'].get('budget') == p.config['budget']:   # the plan this budget chose before
-        plan = check_plan([(s, n, st.lr) for (s,n),st in zip(state['meta']['plan'], p.stages)])
-        p = RunProgress(plan, p.config, lrs=[s.lr for s in plan], history=p.history, runs=p.runs)
+def _resume(learn, state:dict, restart_hint:str) -> tuple:
+    "Check the checkpoint `state` against the run's progress and load it into it: where to start (stage, epoch, RNG, stage ended)"
+    p,ck = learn.run_progress,learn.checkpoint
     bad = _mismatch(state['meta'], p.identity())
     if state.get('vocab') != list(learn.dls.vocab): bad.append(f"classes: the checkpoint has {len(state['vocab'])}, the data {len(learn.dls.vocab)}")
     if bad: raise CheckpointError(f"{ck.file} belongs to another run ({'; '.join(bad)}). Run with the same settings "
                                   f"to resume it, or start over with {restart_hint} (or delete {ck.file})")
-    learn.run_progress,lrs = p,list(p.lrs)
+    lrs = list(p.lrs)
     load_checkpoint(learn, state, ck.file, restart_hint)
     start,done = p.stage,p.stage_epochs
     p.runs += 1
@@ -76,47 +76,41 @@ def _resume(learn, state:dict, p:RunProgress, budget, restart_hint:str) -> tuple
     p.lrs = [old if i < start or lr is None else lr for i,(lr,old) in enumerate(zip(lrs, p.lrs))]
     rank0_print(f"resuming from {ck.file}: {p.epochs_done} of {p.total_epochs} epochs done"
           + (f", stage {start+1} of {len(p.stages)} at epoch {done}" if start < len(p.stages) else ", all stages done"))
-    return p,start,done,state['rng'],ended
+    return start,done,state['rng'],ended
 
 def progressive_fit(learn, stages, resume:bool=True, config:dict=None, lr_find_kw:dict=None, sched:str='stages',
-                    pct_start:float=0.25, restart_hint:str='resume=False', budget:float=None, after_s=0., valid_every:int=None, **kwargs):
+                    pct_start:float=0.25, restart_hint:str='resume=False', valid_every:int=None, deadline=None, **kwargs):
     "Fit `learn` stage by stage: `stages` is a list of `(size, epochs, lr)`, `lr=None` runs `lr_find`; resumes from a checkpoint"
-    # `budget`: seconds for all of it from now; the epochs of `stages` then give only the proportions (see `fit_budget`).
-    # `valid_every`: validate every n epochs and at each stage's end (None: every epoch; with a budget: each stage's end)
+    # `valid_every`: validate every n epochs and at each stage's end (None: every epoch)
+    # `deadline`: a `Deadline` (see `fit_budget`): the remaining stages are shortened when the run falls behind it
     # `restart_hint`: how the caller starts over, named when the checkpoint belongs to another run (train_recipe: restart=True, the CLI: --restart)
-    plan = check_plan(stages)
+    plan = stages if all(isinstance(s, Stage) for s in stages) else check_plan(stages)
     check_sched(sched); check_lrs([s.lr for s in plan], sched)
     ck = getattr(learn, 'checkpoint', None)
     if ck is None: raise PlanError("progressive_fit needs the Checkpoint callback (tiny_learner adds it unless checkpoint=None)")
-    cfg = dict(arch=getattr(learn, 'arch', None), **(config or {}))
-    if sched != 'stages': cfg['sched'] = sched
-    if budget is not None: cfg['budget'] = [[s.size, s.epochs] for s in plan]   # the proportions; the seconds are the caller's (config)
-    old = learn.run_progress
-    p = RunProgress(plan, cfg, lrs=[s.lr for s in plan], history=old.history, runs=old.runs)
-    start,done,rng,ended = 0,0,None,False
+    p = learn.run_progress
+    p.start(plan, dict(arch=getattr(learn, 'arch', None), **(config or {}), **({'sched': sched} if sched != 'stages' else {})))
     if len(learn.dls.train) == 0:
         n,bs = len(learn.dls.train_ds),learn.dls.train.bs
         raise PlanError(f"the batch size {bs} is larger than the {n} training images: fastai drops an incomplete last batch, "
                         f"so there would be no training batch; use a batch size of at most {n} (--bs)")
     if is_rank0(): clean_tmp(ck.file.parent, ck.file.name)   # what killed runs left of their checkpoint
     state = on_rank0(lambda: read_checkpoint(ck.file) if resume and ck.file.exists() else None)
-    if state is not None: p,start,done,rng,ended = _resume(learn, state, p, budget, restart_hint)
-    elif budget is not None:
-        p.stages,p.budget = broadcast_object(fit_budget(learn, plan, budget, after_s, valid_every))   # every rank times; rank 0's plan for all
-        rank0_print(f"budget {budget:.0f} s: {', '.join(f'{s.epochs} x {s.size} px' for s in p.stages)} "
-                    f"(trained in about {p.budget['train_s_planned']:.0f} s; {p.budget['timing_s']:.0f} s of timing, "
-                    f"{p.budget['after_s']:.0f} s kept for what follows)")
-    learn.run_progress = p
-    if budget is not None and valid_every is None: valid_every = 10**9   # each stage's end only
+    start,done,rng,ended = _resume(learn, state, restart_hint) if state is not None else (0,0,None,False)
+    if deadline is not None: p.budget = deadline.record
     ve = ValidEvery(valid_every) if valid_every else None
-    if ve is not None: learn.add_cb(ve)
+    cbs = [o for o in (ve, deadline) if o is not None]
+    learn.add_cbs(cbs)
     p.active = True
     try:
-        for i in range(start, len(p.stages)): _fit_stage(learn, i, done if i == start else 0, rng if i == start else None, ended and i == start,
-                                                     sched, pct_start, lr_find_kw, **kwargs)
+        for i in range(start, len(p.stages)):
+            if deadline is not None and i > start: deadline.replan(learn, i)
+            with p.phase(f'stage {i+1}'):
+                _fit_stage(learn, i, done if i == start else 0, rng if i == start else None, ended and i == start, sched, pct_start, lr_find_kw, **kwargs)
+            if deadline is not None and deadline.stopped: break
     finally:
         p.active = False
-        if ve is not None: learn.remove_cb(ve)
+        learn.remove_cbs(cbs)
     if dls_size(learn.dls) != p.stages[-1].size: learn.dls = resize_dls(learn.dls, p.stages[-1].size)   # finished before: the last size
     return learn
 
@@ -131,7 +125,7 @@ def _fit_stage(learn, i:int, done:int, rng, ended:bool, sched:str, pct_start:flo
     if sched == 'one' and i > 0 and p.lrs[i] is None: p.lrs[i] = p.lrs[0]   # one cycle: the first stage's peak (no lr_find after the first)
     p.stage,p.stage_epochs = i,done
     if p.lrs[i] is None:
-        with _memory_hint(learn, size):
+        with _memory_hint(learn, size), p.phase('lr_find'):
             p.lrs[i] = broadcast_object(find_lr(learn, RunDir(learn.path).lr_find(i+1, size), **(lr_find_kw or {})))
         rank0_print(f"stage {i+1} ({size}px): lr_find suggests {p.lrs[i]:.2e}")
         ck.save()
@@ -146,33 +140,41 @@ def _fit_stage(learn, i:int, done:int, rng, ended:bool, sched:str, pct_start:flo
         e.args = (getattr(e, 'msg', e.args[0]),); raise
 
 # %% ../nbs/11_fit.ipynb #a291f789
-class StepTimer(Callback):
-    "Time `n` training and `n_valid` validation batches after warm-up, then end the fit (a trial: see `time_steps`)"
+class StepTimer(TrialCallback):
+    "Time `n` training and `n_valid` validation batches after `warmup` batches of each, then end the fit (a trial: see `time_steps`)"
     order = 99
     def __init__(self, n:int=5, n_valid:int=3, warmup:int=2): store_attr(); self.times = {}
 
-    def _mark(self, phase:str):
+    def _sync(self):
         if self.dls.device is not None and torch.device(self.dls.device).type == 'cuda': torch.cuda.synchronize()
-        self.times.setdefault(phase, []).append(time.perf_counter())
 
-    def before_train(self): self._mark('train')
-    def before_validate(self): self._mark('valid')
+    def _mark(self, phase:str, key:str):
+        self._sync(); self.times.setdefault(phase, {})[key] = time.perf_counter()
+
+    def before_train(self): self.i = 0; self._mark('train', 'start')
+    def before_validate(self): self.i = 0; self._mark('valid', 'start')
     def after_batch(self):
         ph,n = ('train',self.n) if self.training else ('valid',self.n_valid)
-        self._mark(ph)
-        if len(self.times[ph]) > self.warmup + n:
+        self.i += 1
+        if self.i == self.warmup: self._mark(ph, 'warm')   # one wait for the GPU per measurement, not one per batch
+        if self.i == self.warmup + n:
+            self._mark(ph, 'end')
             if self.training: raise CancelTrainException()
             raise CancelFitException()
 
     def per_batch(self, phase:str) -> float:
-        "Seconds per batch of `phase` after the warm-up (the mean: in the steady state the slower of the loader and the model sets the pace)"
-        t = self.times.get(phase, [])
-        k = min(self.warmup, max(0, len(t)-2))
-        return (t[-1] - t[k])/max(1, len(t)-1-k) if len(t) > 1 else float('nan')
+        "Seconds per batch of `phase` after the warm-up (in the steady state the slower of the loader and the model sets the pace)"
+        t,n = self.times.get(phase, {}),self.n if phase == 'train' else self.n_valid
+        return (t['end'] - t['warm'])/n if 'end' in t and 'warm' in t else float('nan')
+
+    def warmup_s(self, phase:str='train') -> float:
+        "Seconds of the warm-up beyond its batches: the loader's start and (on a GPU) the compilation of the graph"
+        t = self.times.get(phase, {})
+        return max(0., t['warm'] - t['start'] - self.warmup*self.per_batch(phase)) if 'warm' in t else 0.
 
 # %% ../nbs/11_fit.ipynb #51a88e6a
 def time_steps(learn, size:int, n:int=10, n_valid:int=3, warmup:int=3) -> dict:
-    "Seconds per training and per validation batch of `learn` at `size` px, from a trial fit that leaves `learn` as it was"
+    "Seconds per training and per validation batch of `learn` at `size` px, and of a stage's start, from a trial fit that leaves `learn` as it was"
     dls = learn.dls
     learn.dls = resize_dls(dls, size)
     if learn.opt is None: learn.create_opt()
@@ -192,47 +194,129 @@ def time_steps(learn, size:int, n:int=10, n_valid:int=3, warmup:int=3) -> dict:
         if hasattr(learn, 'ema'): learn.ema.load_state(ema)
         learn.dls = dls
     return dict(size=size, batch_s=timer.per_batch('train'), valid_batch_s=timer.per_batch('valid'),
-                probe_s=time.perf_counter()-t0)
+                start_s=timer.warmup_s('train') + timer.warmup_s('valid'), probe_s=time.perf_counter()-t0)
 
 # %% ../nbs/11_fit.ipynb #096eaf91
-def budget_stages(stages, epoch_s, valid_s, budget_s:float, max_epochs:int=MAX_EPOCHS) -> list:
-    "`stages` with epochs scaled in proportion to the most whose seconds (`epoch_s` per epoch, `valid_s` per stage) fit `budget_s`"
-    stages = check_plan(stages)
-    fixed = sum(valid_s)
-    def plan(k): return [max(1, round(k*s.epochs)) for s in stages]
-    def cost(k): return sum(n*t for n,t in zip(plan(k), epoch_s)) + fixed
-    if cost(0) > budget_s:
-        raise PlanError(f"{budget_s:.0f} s are left for training, and one epoch per stage needs {cost(0):.0f} s: give a larger "
-                        f"--budget or fewer stages (--sizes)")
+def budget_stages(stages, epoch_s, fixed_s, budget_s:float, max_epochs:int=MAX_EPOCHS) -> list:
+    "`stages` with epochs scaled in proportion to the most whose seconds (`epoch_s` per epoch, `fixed_s` per stage) fit `budget_s`"
+    # when one epoch per stage does not fit, the earliest stages go (the last one stays); a PlanError only when not even it fits
+    stages,epoch_s,fixed_s = list(stages),list(epoch_s),list(fixed_s)
+    def plan(k, first): return [max(1, round(k*s.epochs)) for s in stages[first:]]
+    def cost(k, first): return sum(n*t for n,t in zip(plan(k, first), epoch_s[first:])) + sum(fixed_s[first:])
+    first = next((i for i in range(len(stages)) if cost(0, i) <= budget_s), None)
+    if first is None:
+        raise PlanError(f"{max(0, budget_s):.0f} s are left for training, and one epoch at {stages[-1].size} px (the last stage) "
+                        f"needs {cost(0, len(stages)-1):.0f} s: give a larger --budget")
     lo,hi = 0.,1.
-    while cost(hi) <= budget_s and sum(plan(hi)) < max_epochs: lo,hi = hi,2*hi
+    while cost(hi, first) <= budget_s and sum(plan(hi, first)) < max_epochs: lo,hi = hi,2*hi
     for _ in range(50):
         mid = (lo+hi)/2
-        lo,hi = (mid,hi) if cost(mid) <= budget_s and sum(plan(mid)) <= max_epochs else (lo,mid)
-    return [Stage(s.size, n, s.lr) for s,n in zip(stages, plan(lo))]
+        lo,hi = (mid,hi) if cost(mid, first) <= budget_s and sum(plan(mid, first)) <= max_epochs else (lo,mid)
+    return [Stage(s.size, n, s.lr) for s,n in zip(stages[first:], plan(lo, first))]
 
 # %% ../nbs/11_fit.ipynb #dc32cfaa
 EPOCH_S = 0.25   # s an epoch costs beyond its batches (starting the pass, the recorder, history.csv): 0.14-0.27 s measured on a 2-core CPU
+EXIT_S = 2.0     # s from the last file written to the process's end (the CLI's `run` ends it without waiting for workers)
+COMPILE_S = 25.  # s to compile the training step at one size on a GPU (measured on an H200: 20-23 s for train+eval graphs of `dense`)
+COMPILE_GAIN = 0.25  # share of an eager epoch that compiling saves (estimate: bare step 1.70x faster, the loop's host work is not)
 
-def fit_budget(learn, stages, budget_s:float, after_s=0., valid_every:int=None) -> tuple:
-    "The stages scaled to fit `budget_s` seconds from now (less `after_s`), and the timings they rest on"
-    t0,stages = time.monotonic(),check_plan(stages)
-    if budget_s <= 0: raise PlanError(f"the budget was used up before training could start ({-budget_s:.0f} s over, on start-up, "
-                                      f"the data and the learner): give a larger --budget")
-    sizes = list(dict.fromkeys(s.size for s in stages))
-    timed = {s: time_steps(learn, s) for s in sizes}
-    n_train,n_valid = len(learn.dls.train),len(learn.dls.valid)
-    epoch_s = [n_train*timed[s.size]['batch_s'] + EPOCH_S for s in stages]
-    valid_s = [n_valid*timed[s.size]['valid_batch_s'] for s in stages]   # at each stage's end (ValidEvery)
-    if valid_every: epoch_s = [e + v/valid_every for e,v in zip(epoch_s, valid_s)]
-    after = after_s(timed) if callable(after_s) else after_s
-    left = budget_s - (time.monotonic() - t0) - after
-    try: plan = budget_stages(stages, epoch_s, valid_s, left)
+def compile_pays(seconds:float, n_sizes:int, device=None) -> bool:
+    "Whether compiling the training step at `n_sizes` sizes pays within `seconds` of training (never on the CPU)"
+    return on_cuda(device) and seconds * COMPILE_GAIN > n_sizes * COMPILE_S
+
+def time_checkpoint(learn) -> float:
+    "Seconds to write the run's checkpoint (to a temporary file beside it, then removed): a stage's end costs one"
+    ck = learn.checkpoint
+    tmp = ck.file.parent/f'.timing-{os.getpid()}.pth'
+    t = time.perf_counter()
+    try: atomic_save(plain(ck.state()), tmp)
+    finally: tmp.unlink(missing_ok=True)
+    return time.perf_counter() - t
+
+class Deadline(Callback):
+    "The plan a budget chose, what it rests on (`record`), and the callback that keeps the run to its deadline `at` (a `time.time()`)"
+    order = 97
+    def __init__(self, stages, at:float, after_s:float, epoch_s:dict, fixed_s:dict, record:dict):
+        store_attr(); self.stopped = False
+
+    def before_fit(self): self.watching = self.learn.run_progress.real_fit
+    def after_batch(self):
+        if self.watching and self.training and time.time() > self.at - self.after_s:   # the last resort: stop, go to the evaluation
+            self.stopped = True; self.record['stopped_at_deadline'] = True
+            rank0_print(f"deadline: training stops {self.after_s:.0f} s before the end of the budget, for the evaluation and export")
+            raise CancelFitException()
+
+    def replan(self, learn, i:int):
+        "Shorten stages `i` and after when the epochs so far were slower than timed, so that they still end in time"
+        p = learn.run_progress
+        done = [h for h in p.history if h.get('run') == p.runs]
+        if not done: return
+        ratio = max(1., sum(h['time_s'] for h in done)/sum(self.epoch_s[h['size']] for h in done))
+        rest = p.stages[i:]
+        left = self.at - time.time() - self.after_s
+        need = sum(s.epochs*self.epoch_s[s.size]*ratio + self.fixed_s[s.size] for s in rest)
+        if need <= left: return
+        try: new = budget_stages(rest, [self.epoch_s[s.size]*ratio for s in rest], [self.fixed_s[s.size] for s in rest], left)
+        except PlanError: new = [Stage(rest[-1].size, 1, rest[-1].lr)]   # the deadline callback stops it if even this is late
+        new = [Stage(s.size, min(s.epochs, n.epochs), s.lr) for s in rest for n in new if n.size == s.size][-len(new):]
+        p.stages[i:] = new; p.lrs[i:] = p.lrs[len(p.lrs)-len(new):]
+        self.record['replanned'] = self.record.get('replanned', []) + [dict(at_stage=i+1, ratio=round(ratio, 3), epochs=[s.epochs for s in p.stages])]
+        rank0_print(f"deadline: epochs ran {ratio:.2f}x the timed speed; the remaining stages are now {', '.join(f'{s.epochs} x {s.size} px' for s in new)}")
+
+def fit_budget(learn, stages, at:float, after:dict=None, valid_every:int=None, lr_find_it:int=100, sched:str='stages') -> Deadline:
+    "Time the loop and scale `stages` to end by `at` (a `time.time()`), keeping `after` for what follows training; the `Deadline`"
+    # `after`: dict(passes=val-set passes of the final evaluation, scale=their cost per pass relative to one at the last size, post_s=export and pictures)
+    t0,stages,after = time.time(),list(stages),dict(dict(passes=1, scale=1., post_s=3.), **(after or {}))
+    if at - t0 <= 0: raise PlanError("the budget was used up before training could start (on start-up, the data and the learner): "
+                                     "give a larger --budget")
+    n_train,n_valid,last = len(learn.dls.train),len(learn.dls.valid),stages[-1].size
+    def after_s(t): return after['passes']*after['scale']*n_valid*t['valid_batch_s'] + after['post_s'] + EXIT_S
+    timed = {last: time_steps(learn, last)}
+    one = n_train*timed[last]['batch_s'] + EPOCH_S + n_valid*timed[last]['valid_batch_s'] + after_s(timed[last])
+    if at - time.time() < one:
+        raise PlanError(f"the budget is too small: {max(0, at-t0):.0f} s were left when training was to start, and one epoch at {last} px "
+                        f"with its evaluation and export needs about {one:.0f} s: give a larger --budget")
+    for s in dict.fromkeys(s.size for s in stages):
+        if s not in timed: timed[s] = time_steps(learn, s)
+    ckpt_s = time_checkpoint(learn)
+    epoch_s = {s: n_train*t['batch_s'] + EPOCH_S for s,t in timed.items()}
+    fixed_s = {s: n_valid*t['valid_batch_s'] + t['start_s'] + ckpt_s for s,t in timed.items()}   # per stage: its validation, start and checkpoint
+    if valid_every: epoch_s = {s: e + n_valid*timed[s]['valid_batch_s']/valid_every for s,e in epoch_s.items()}
+    finds = [i for i,st in enumerate(stages) if st.lr is None and (sched != 'one' or i == 0)]
+    find_s = [lr_find_it*timed[stages[i].size]['batch_s'] + 1. + ckpt_s if i in finds else 0. for i in range(len(stages))]
+    a_s = after_s(timed[last])
+    left = at - time.time() - a_s
+    try: plan = budget_stages(stages, [epoch_s[s.size] for s in stages], [fixed_s[s.size] + f for s,f in zip(stages, find_s)], left)
     except PlanError as e:
-        raise PlanError(f"the budget is too small: {budget_s:.0f} s were left when training was to start, timing the loop took "
-                        f"{time.monotonic()-t0:.0f} s and {after:.0f} s are kept for the evaluation and export; {e}") from None
-    est = sum(s.epochs*e + v for s,e,v in zip(plan, epoch_s, valid_s))
-    info = dict(budget_s=round(budget_s, 1), timing_s=round(time.monotonic()-t0, 1), after_s=round(after, 1),
-                train_s_left=round(left, 1), train_s_planned=round(est, 1), epochs=[s.epochs for s in plan],
-                timed=[dict(size=s, batch_s=round(t['batch_s'], 5), valid_batch_s=round(t['valid_batch_s'], 5)) for s,t in timed.items()])
-    return plan,info
+        raise PlanError(f"the budget is too small: {max(0, at-t0):.0f} s were left when training was to start, timing the loop took "
+                        f"{time.time()-t0:.0f} s and {a_s:.0f} s are kept for the evaluation and export; {e}") from None
+    est = sum(s.epochs*epoch_s[s.size] + fixed_s[s.size] for s in plan) + sum(find_s[len(stages)-len(plan):])
+    record = dict(timing_s=round(time.time()-t0, 1), after_s=round(a_s, 1), train_s_left=round(left, 1), train_s_planned=round(est, 1),
+                  epochs=[s.epochs for s in plan], sizes=[s.size for s in plan], checkpoint_s=round(ckpt_s, 2),
+                  timed=[dict(size=s, batch_s=round(t['batch_s'], 5), valid_batch_s=round(t['valid_batch_s'], 5), start_s=round(t['start_s'], 2))
+                         for s,t in timed.items()])
+    return Deadline(plan, at, a_s, epoch_s, fixed_s, record)
+
+# %% ../nbs/11_fit.ipynb #fb10c002
+def resumed_plan(learn, config:dict):
+    "The stages a checkpoint of this run (`config`, with its budget) planned, or None when there is no such checkpoint"
+    ck = learn.checkpoint
+    meta = on_rank0(lambda: read_checkpoint(ck.file)['meta'] if ck.file.exists() else None)
+    if meta is None or any(meta.get(k) != v for k,v in config.items()): return None
+    return check_plan([(s, n, lr) for (s,n),lr in zip(meta['plan'], meta['lrs'])])
+
+# %% ../nbs/11_fit.ipynb #fb10c004
+class CompiledTraining(Callback):
+    "Train with a `torch.compile`d forward (one graph per size); everything else (validation, TTA, class maps) runs eager"
+    order = -5
+    def __init__(self, recompile_limit:int=64): store_attr(); self.compiled,self.eager = None,None
+    def before_train(self):
+        if self.compiled is None:
+            import torch._dynamo
+            cfg = torch._dynamo.config
+            for k in ('recompile_limit', 'cache_size_limit'):
+                if hasattr(cfg, k): setattr(cfg, k, max(getattr(cfg, k), self.recompile_limit))
+            self.compiled = torch.compile(self.learn.model, dynamic=False)
+        self.eager,self.learn.model = self.learn.model,self.compiled
+    def after_train(self):
+        if self.eager is not None: self.learn.model,self.eager = self.eager,None

@@ -19,7 +19,7 @@ from .cache import ItemResize
 from .loaders import BatchResize, dls_size
 from .models import ARCHS, get_arch
 from .plan import MAX_SIZE
-from .checkpoint import RunRecorder, Checkpoint
+from .checkpoint import Checkpoint
 from .callbacks import NaNGuard, EMA
 from .learner import top1, top5
 
@@ -37,7 +37,7 @@ class ImageFileError(ValueError):
     "A file given to `predict` that is missing, empty or not an image"
 
 # %% ../nbs/14_infer.ipynb #3990c576
-_TRAIN_ONLY = (RunRecorder, Checkpoint, NaNGuard, MixHandler, EMA)
+_TRAIN_ONLY = (Checkpoint, NaNGuard, MixHandler, EMA)
 
 @rank0_only
 def export_learner(learn, fname):

@@ -12,7 +12,7 @@ from fastai.callback.channelslast import ChannelsLast
 from .files import FIGURE_DIR, figures_to_files
 from .models import get_arch, check_rules
 from .plan import check_opt
-from .checkpoint import RunProgress, RunRecorder, Checkpoint
+from .checkpoint import RunProgress, Checkpoint
 from .callbacks import NaNGuard, EMA, PlainTensors, DeviceSmoothLoss, ThrottledProgress, PlainProgress, interactive_output, mix_callback
 
 # %% auto #0
@@ -63,7 +63,7 @@ def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=
     cbs = L(kwargs.pop('cbs', None))
     mcb = mix_callback(mix, mix_alpha)
     if mcb is not None: cbs.append(mcb)
-    cbs += [RunRecorder(), PlainTensors()]
+    cbs += [RunProgress(), PlainTensors()]
     if checkpoint: cbs.append(Checkpoint(checkpoint, every_s=ckpt_every))
     cbs.append(NaNGuard())
     if ema: cbs.append(EMA(ema))
@@ -73,7 +73,7 @@ def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=
     learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(eps=ls) if ls else CrossEntropyLossFlat(),
                     opt_func=get_opt(opt, dev), wd=wd, metrics=[top1, top5], cbs=cbs, path=path,
                     **kwargs)
-    learn.arch,learn.rules,learn.opt_name,learn.run_progress = arch,rules,opt,RunProgress()
+    learn.arch,learn.rules,learn.opt_name = arch,rules,opt
     learn.recorder.smooth_loss = DeviceSmoothLoss(learn.recorder.smooth_loss.beta)
     learn.remove_cbs([c for c in learn.cbs if type(c) is ProgressCallback]).add_cb(ThrottledProgress() if interactive_output() else PlainProgress())
     if dev is not None and on_cuda(dev):

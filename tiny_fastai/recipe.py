@@ -7,24 +7,24 @@ from __future__ import annotations
 from .core import *
 from fastai.vision.all import *
 import os, json, time, math, hashlib, subprocess
-from dataclasses import dataclass, field, fields, asdict
+from dataclasses import dataclass, field, fields, asdict, replace
 import tiny_fastai
 from .files import RunDir, atomic_save, check_out, lock_run, clean_leftovers
 from .data import sample_path
 from .archive import get_tiny_imagenet
 from .loaders import tiny_dls, dls_size, resize_dls
 from .models import get_arch
-from .distrib import init_distrib, distrib_training, rank0_first, local_bs, no_gather
-from .plan import PlanError, Recipe, resolve_plan, check_seed, check_tta, check_budget
+from .distrib import init_distrib, distrib_training, rank0_first, local_bs, no_gather, broadcast_object
+from .plan import PlanError, Stage, Recipe, RunOptions, resolve_plan, check_seed
 from .callbacks import apply_ema
 from .learner import tiny_learner
-from .fit import progressive_fit
+from .fit import progressive_fit, fit_budget, resumed_plan, compile_pays, CompiledTraining
 from .evaluate import evaluate, recalibrate_bn, write_interpretation, plot_history
 from .infer import export_learner, export_model, load_model, check_vocab
 
 # %% auto #0
 __all__ = ['GPU_PRESETS', 'POST_S', 'cpu_estimate', 'finite', 'git_commit', 'Results', 'data_id', 'results_table',
-           'after_training_s', 'train_recipe', 'evaluate_model']
+           'after_training', 'train_recipe', 'evaluate_model']
 
 # %% ../nbs/15_recipe.ipynb #18dc88bf
 GPU_PRESETS = ('sprint', 'full')
@@ -40,14 +40,14 @@ def cpu_estimate(r:Recipe, bs:int=4, n_train:int=100_000, n_valid:int=10_000) ->
         res.append((time.perf_counter() - t)/bs * (n_train + n_valid/3))
     return res[1:]
 
-def _check_gpu(preset, r, device, cli):
-    if preset not in GPU_PRESETS or device is not None or on_cuda(): return
+def _check_gpu(r, device):
+    if r.name not in GPU_PRESETS or device is not None or on_cuda(): return
     per = cpu_estimate(r)
     total = sum(s*n for s,n in zip(per, r.epochs))
     st = ', '.join(f"{n} x {s/60:.0f} min at {size}px" for s,n,size in zip(per, r.epochs, r.sizes))
-    raise PlanError(f"preset {preset!r} is made for a GPU and there is none: on this CPU it would take about {total/3600:,.1f} hours "
+    raise PlanError(f"preset {r.name!r} is made for a GPU and there is none: on this CPU it would take about {total/3600:,.1f} hours "
                     f"({st} per epoch; estimated by timing one training step of 4 images per size); "
-                    f"{'pass --cpu' if cli else 'pass device=' + repr('cpu')} to train on the CPU anyway")
+                    "pass --cpu (device='cpu' in Python) to train on the CPU anyway")
 
 # %% ../nbs/15_recipe.ipynb #fac2e3d3
 def finite(o):
@@ -69,32 +69,20 @@ def git_commit() -> str:
 
 @dataclass
 class Results:
-    "What a run measured and how it was made: the schema of results.json"
-    preset: str                 # the recipe's name ('demo', 'sprint', 'full', or 'custom')
-    arch: str                   # model preset
+    "What a run measured, and the recipe it ran: the schema of results.json"
+    recipe: dict                # the `Recipe` as trained (`Recipe.to_dict`): the epochs a budget chose, the rates lr_find found
     params: int                 # parameters of the model
-    top1: float                 # val top-1 accuracy (the official val set, at the last stage's size)
+    top1: float                 # val top-1 accuracy (the official val set, at `test_size`)
     top5: float                 # val top-5 accuracy
-    top1_tta: float = None      # top-1 with test-time augmentation `tta` (None without)
+    top1_tta: float = None      # top-1 with the recipe's test-time augmentation (None without)
     top5_tta: float = None      # top-5 with it
-    tta: str = None             # 'flip', 'aug' or None
-    tta_n: int = 0              # passes of 'aug' TTA (0 otherwise)
     test_size: int = None       # px of the evaluation (with re-estimated batch norm when it is not the last stage's)
-    stages: list = field(default_factory=list)   # [{size, epochs, lr}] as trained: lr as given or as lr_find chose it
-    epochs: int = 0             # epochs of the plan
-    sched: str = None           # 'one' (one cycle across the stages) or 'stages'
-    bs: int = None              # batch size of all processes
     bs_per_process: int = None  # batch size of each process
     world_size: int = 1         # processes that trained
-    opt: str = None             # optimizer
-    wd: float = None            # weight decay (None: the optimizer's default)
-    ls: float = None            # label smoothing
-    mix: str = None             # MixUp/CutMix
-    ema: float = None           # EMA decay (None: no EMA)
-    seed: int = None            # the run's seed
     runs: int = 1               # invocations that trained it (2 or more after a resume)
-    wall_s: float = None        # seconds of the whole train_recipe call (this invocation)
+    wall_s: float = None        # seconds from the command's start to results.json (this invocation)
     train_s: float = None       # seconds of training epochs (all invocations)
+    phases: dict = None         # seconds of each phase of this invocation (start-up, data, learner, timing, stage N, lr_find, evaluate, export, pictures)
     device: str = None          # where it trained, in words
     data: str = None            # the data folder
     classes: list = field(default_factory=list)   # the class ids (wnids), in the order of the model's outputs
@@ -106,7 +94,16 @@ class Results:
     files: list = None          # the files of the run folder
     version: str = tiny_fastai.__version__   # of the package that trained it
     commit: str = None          # git commit of the package's checkout, when it is one
-    budget: dict = None         # with a budget: its seconds, the timings and the epochs `fit_budget` chose
+    budget: dict = None         # with a budget: what `fit_budget` timed and chose
+
+    @property
+    def preset(self) -> str: return self.recipe['name']
+    @property
+    def arch(self) -> str: return self.recipe['arch']
+    @property
+    def stages(self) -> list: return [dict(size=s, epochs=n, lr=lr) for s,n,lr in self.recipe['stages']]
+    @property
+    def epochs(self) -> int: return sum(n for _,n,_ in self.recipe['stages'])
 
     def to_json(self) -> str: return json.dumps(finite(asdict(self)), indent=1, allow_nan=False) + '\n'
 
@@ -116,8 +113,8 @@ class Results:
         try: d = json.loads(text)
         except ValueError as e: raise ValueError(f"{fname} is not JSON ({e})") from None
         known = {f.name for f in fields(cls)}
-        if not isinstance(d, dict) or not {'preset', 'arch', 'params', 'top1', 'top5'} <= set(d):
-            raise ValueError(f"{fname} is not the results.json of a tiny_fastai run")
+        if not isinstance(d, dict) or not {'recipe', 'params', 'top1', 'top5'} <= set(d):
+            raise ValueError(f"{fname} is not the results.json of a tiny_fastai run (of this version)")
         unknown = sorted(set(d) - known)
         if unknown: raise ValueError(f"{fname} has fields this version does not know: {', '.join(unknown)}")
         return cls(**d)
@@ -147,76 +144,98 @@ def results_table(res:Results) -> str:
 
 POST_S = 3.0   # s: export, pictures and results.json after the evaluation (measured 1.5-2.5 s for the demo on a 2-core CPU)
 
-def after_training_s(timed:dict, n_valid_batches:int, tta, tta_n:int=4, test_size:int=None) -> float:
-    "Seconds a run needs after its last epoch: the evaluation with `tta` at the last size (from `time_steps`'s `timed`), and `POST_S`"
-    passes = 1 + {None: 0, 'flip': 1, 'aug': 1.5*tta_n}[tta]   # 'aug' runs the training augmentation over the val set
-    scale = ((test_size or timed['size'])/timed['size'])**2 * (1 + (test_size is not None and test_size != timed['size']))   # + FixRes's estimate
-    return passes*scale*n_valid_batches*timed['valid_batch_s'] + POST_S
+def after_training(r:Recipe) -> dict:
+    "What follows the training of `r`, for `fit_budget`: passes over the val set, their cost relative to one at the last size, and `POST_S`"
+    passes = 1 + {None: 0, 'flip': 1, 'aug': 1.5*r.tta_n}[r.tta]   # 'aug' runs the training augmentation over the val set
+    last = r.sizes[-1]; test = r.test_size or last
+    return dict(passes=passes, scale=(test/last)**2 * (1 + (test != last)), post_s=POST_S)   # + FixRes's re-estimation
 
-def train_recipe(preset:str='demo', out=None, data=None, arch=None, epochs=None, sizes=None, lrs=None, bs=None,
-                 seed:int=42, restart:bool=False, num_workers:int=None, skip_bad:bool=False, device=None, tta=True,
-                 deterministic:bool=False, cbs=None, dls_kwargs:dict=None, cli:bool=False, budget=None, valid_every:int=None,
-                 started:float=None, **overrides) -> Results:
-    "Run (or resume) the training recipe `preset` with overrides; write results.json, the model files and plots to `out`"
-    # `budget`: the whole call (or, from the CLI, the whole command: `started`) ends within it; the preset's epochs give proportions
+def _settings(recipe, opts:RunOptions, settings:dict) -> tuple:
+    "The checked `Recipe` and `RunOptions` of a `train_recipe` call: `recipe` with the `settings` that name its fields or `RunOptions`'"
+    settings = dict(settings)
+    if 'num_workers' in settings: settings['workers'] = settings.pop('num_workers')   # tiny_dls's name
+    if settings.get('tta') is True: del settings['tta']                              # True: the recipe's own kind
+    run = {k: settings.pop(k) for k in [f.name for f in fields(RunOptions)] if k in settings}
+    return resolve_plan(recipe, **settings),replace(opts or RunOptions(), **run)
+
+def train_recipe(preset='demo', opts:RunOptions=None, cbs=None, dls_kwargs:dict=None, started:float=None, **settings) -> Results:
+    "Run (or resume) the recipe `preset` (a preset's name or a `Recipe`) with `settings`; write results.json, the model files and plots"
+    # `started`: when the command started (`time.time()`), from which a budget counts (default: now)
     t0 = time.time()
-    budget,started = check_budget(budget),ifnone(started, t0)
-    r = resolve_plan(preset, arch=arch, epochs=epochs, sizes=sizes, lrs=lrs, bs=bs, **overrides)
-    tta = r.tta if tta is True else check_tta(tta)    # True: the preset's kind of TTA
-    seed = check_seed(seed)
-    _check_gpu(preset, r, device, cli)   # `cli`: errors name --cpu and --restart, not device= and restart=
-    out = check_out(out if out is not None else Path('runs')/preset)   # a folder this user can write
+    started = ifnone(started, t0)
+    r,o = _settings(preset, opts, settings)
+    seed = r.seed
+    _check_gpu(r, o.device)
+    out = check_out(o.out_dir(r))   # a folder this user can write
     rd = RunDir(out)
-    src = data if data is not None else r.data
-    init_distrib(device)
-    path = sample_path() if src is None else rank0_first(get_tiny_imagenet, src, background=r.cache)   # the cache reads an archive itself
-    device = get_device(device)
-    seed_everything(seed, device, deterministic)
-    dls = rank0_first(tiny_dls, path, size=r.sizes[0], bs=local_bs(r.bs), cache=r.cache, num_workers=num_workers,
-                      skip_bad=skip_bad, device=device, check_images=True, aug=r.aug, **(dls_kwargs or {}))
+    init_distrib(o.device)
+    phases = dict(start=round(t0 - started, 2))
+    t = time.monotonic()
+    path = sample_path() if r.data is None else rank0_first(get_tiny_imagenet, r.data, background=r.cache)   # the cache reads an archive itself
+    device = get_device(o.device)
+    seed_everything(seed, device, o.deterministic)
+    dls = rank0_first(tiny_dls, path, size=r.sizes[0], bs=local_bs(r.bs), cache=r.cache, num_workers=o.workers, cache_dir=o.cache_dir,
+                      skip_bad=o.skip_bad, device=device, check_images=True, aug=r.aug, **(dls_kwargs or {}))
+    phases['data'] = round(time.monotonic() - t, 2); t = time.monotonic()
     lock_run(out); clean_leftovers(out)   # one run at a time in a folder (rank 0 only); what killed runs left goes
+    deadline = started + r.budget if r.budget else None
+    compiled = device.type == 'cuda' and (r.compile == 'train' or r.compile == 'auto' and
+                                          (deadline is None or compile_pays(deadline - time.time(), len(set(r.sizes)), device)))
     learn = tiny_learner(dls, r.arch, mix=r.mix, ls=r.ls, wd=r.wd, opt=r.opt, ema=r.ema, path=out, cbs=cbs,
-                         compile=r.compile and device.type == 'cuda',   # compiling pays on a GPU only
-                         ckpt_every=float('inf') if budget else 120)    # budgeted: at stage ends and on a signal
-    if restart and is_rank0():   # nothing of the old run stays beside the new checkpoint
+                         ckpt_every=float('inf') if r.budget else 120)    # budgeted: at stage ends and on a signal
+    if compiled: learn.add_cb(CompiledTraining())
+    if o.restart and is_rank0():   # nothing of the old run stays beside the new checkpoint
         for f in rd.outputs: Path(f).unlink(missing_ok=True)
     config = dict(bs=r.bs, mix=r.mix, ls=r.ls, seed=seed, data=data_id(dls),
                   **{k: getattr(r, k) for k in ('opt', 'ema') if getattr(r, k) != getattr(Recipe, k)},
-                  **({'budget_s': budget} if budget else {}))
-    rank0_print(f"{preset}: {r.arch} ({learn.rules['params']:,} params), {len(dls.vocab)} classes, {len(dls.train_ds):,} train / "
-         f"{len(dls.valid_ds):,} val images from {path}, on {device_name(dls.device)}")
-    with distrib_training(learn):
-        progressive_fit(learn, r.stages, config=config, pct_start=r.pct_start, sched=r.sched,
-                        lr_find_kw=dict(num_it=r.lr_find_it), restart_hint='--restart' if cli else 'restart=True',
-                        budget=budget and budget - (time.time() - started), valid_every=valid_every,
-                        after_s=lambda timed: after_training_s(timed[r.sizes[-1]], len(dls.valid), tta, r.tta_n, r.test_size))
+                  **({'budget': [r.budget, [[s.size, s.epochs] for s in r.stages]]} if r.budget else {}))
     p = learn.run_progress
+    p.phases.update(phases, learner=round(time.monotonic() - t, 2))
+    rank0_print(f"{r.name}: {r.arch} ({learn.rules['params']:,} params), {len(dls.vocab)} classes, {len(dls.train_ds):,} train / "
+         f"{len(dls.valid_ds):,} val images from {path}, on {device_name(dls.device)}" + (", training step compiled" if compiled else ""))
+    stages,dl = r.stages,None
+    if r.budget:
+        stages = resumed_plan(learn, config) if not o.restart else None
+        if stages is None:
+            with p.phase('timing'):
+                dl = fit_budget(learn, r.stages, deadline, after_training(r), valid_every=r.valid_every, lr_find_it=r.lr_find_it, sched=r.sched)
+            stages = dl.stages = broadcast_object(dl.stages)   # every rank times; rank 0's plan for all
+            dl.record['compiled'] = compiled
+            rank0_print(f"budget {r.budget:.0f} s: {', '.join(f'{s.epochs} x {s.size} px' for s in stages)} "
+                        f"(trained in about {dl.record['train_s_planned']:.0f} s; {dl.record['timing_s']:.0f} s of timing, "
+                        f"{dl.record['after_s']:.0f} s kept for what follows)")
+    with distrib_training(learn):
+        progressive_fit(learn, stages, config=config, pct_start=r.pct_start, sched=r.sched, lr_find_kw=dict(num_it=r.lr_find_it),
+                        restart_hint='--restart (restart=True in Python)', deadline=dl,
+                        valid_every=r.valid_every or (10**9 if r.budget else None))   # budgeted: validate at stage ends only
     if p.epochs_this_run == 0 and rd.results.exists():   # a finished run run again changes nothing
         rank0_print(f"{out} holds a finished run: its results.json and model.pkl are kept as they are")
         return Results.from_json(rd.results.read_text(), rd.results)
     apply_ema(learn)   # evaluate and export the averaged weights
+    trained = replace(r, stages=tuple(Stage(s.size, s.epochs, lr) for s,lr in zip(p.stages, p.lrs)))
     test_size = r.test_size or p.stages[-1].size
-    if test_size != p.stages[-1].size:   # FixRes: batch-norm statistics of the test size, then the model is used at it
-        rank0_print(f"re-estimating batch norm at {test_size} px on {recalibrate_bn(learn, test_size):,} training images")
-        learn.dls = resize_dls(learn.dls, test_size)
-    rank0_print("evaluating on the val set" + (f" at {test_size} px" if test_size != p.stages[-1].size else "") + (f" (with {tta} TTA)" if tta else ""))
-    ev = evaluate(learn, size=test_size, tta=tta, n=r.tta_n, with_preds=True)
-    res = Results(preset, r.arch, learn.rules['params'], ev['top1'], ev['top5'], ev.get('top1_tta'), ev.get('top5_tta'),
-                  tta=tta, tta_n=r.tta_n if tta == 'aug' else 0, test_size=test_size,
-                  stages=[dict(size=s, epochs=n, lr=lr) for (s,n,_),lr in zip(p.stages, p.lrs)], epochs=p.total_epochs,
-                  sched=r.sched, bs=r.bs, bs_per_process=local_bs(r.bs), world_size=world_size(), opt=r.opt, wd=r.wd, ls=r.ls,
-                  mix=r.mix, ema=r.ema, seed=seed, runs=p.runs, wall_s=round(time.time()-t0, 1),
+    with p.phase('evaluate'):
+        if test_size != p.stages[-1].size:   # FixRes: batch-norm statistics of the test size, then the model is used at it
+            rank0_print(f"re-estimating batch norm at {test_size} px on {recalibrate_bn(learn, test_size):,} training images")
+            learn.dls = resize_dls(learn.dls, test_size)
+        rank0_print("evaluating on the val set" + (f" at {test_size} px" if test_size != p.stages[-1].size else "") + (f" (with {r.tta} TTA)" if r.tta else ""))
+        ev = evaluate(learn, size=test_size, tta=r.tta, n=r.tta_n, with_preds=True)
+    res = Results(trained.to_dict(), learn.rules['params'], ev['top1'], ev['top5'], ev.get('top1_tta'), ev.get('top5_tta'),
+                  test_size=test_size, bs_per_process=local_bs(r.bs), world_size=world_size(), runs=p.runs,
                   train_s=round(sum(h['time_s'] for h in p.history), 1), device=device_name(dls.device), data=str(path),
                   classes=list(dls.vocab), n_train=len(dls.train_ds), n_valid=ev['n_valid'], history=p.history, commit=git_commit(),
-                  budget=dict(p.budget, budget_s=budget) if p.budget else None)
+                  budget=p.budget)
     if is_rank0():
-        export_learner(learn, rd.model_pkl)
-        export_model(learn, rd.model)   # and model.json: the files to share
-        plot_history(p.history, rd.history_png)
-        t1 = time.time()
-        with no_gather(learn): res.most_confused = write_interpretation(learn, ev, out)   # rank 0 alone: no collectives
-        res.interpret_s = round(time.time()-t1, 2)
-        res.files = sorted({p.name for p in out.iterdir() if p.is_file() and not p.name.startswith('.')} | {rd.results.name})
+        with p.phase('export'):
+            export_learner(learn, rd.model_pkl)
+            export_model(learn, rd.model)   # and model.json: the files to share
+        with p.phase('pictures'):
+            plot_history(p.history, rd.history_png)
+            t1 = time.time()
+            with no_gather(learn): res.most_confused = write_interpretation(learn, ev, out)   # rank 0 alone: no collectives
+            res.interpret_s = round(time.time()-t1, 2)
+        res.files = sorted({f.name for f in out.iterdir() if f.is_file() and not f.name.startswith('.')} | {rd.results.name})
+        res.phases,res.wall_s = dict(p.phases),round(time.time()-started, 1)
         atomic_save(res.to_json(), rd.results, text=True)
     return res
 
