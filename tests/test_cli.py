@@ -37,10 +37,10 @@ def test_demo_end_to_end(demo):
     "The demo writes results.json with the documented fields, the exported model, the plots, and ends with a table"
     out, r = demo
     res = json.loads((out/'results.json').read_text())
-    for k in ('top1', 'top5', 'top1_tta', 'top5_tta', 'params', 'stages', 'epochs', 'wall_s', 'device', 'history'):
+    for k in ('recipe', 'top1', 'top5', 'top1_tta', 'top5_tta', 'params', 'wall_s', 'phases', 'device', 'history'):
         assert k in res, k
-    assert [(s['size'], s['epochs'], s['lr']) for s in res['stages']] == [(24, 1, 1e-2), (32, 1, 1e-2)]
-    assert res['epochs'] == 2 and len(res['history']) == 2
+    assert res['recipe']['stages'] == [[24, 1, 1e-2], [32, 1, 1e-2]] and res['recipe']['name'] == 'demo'
+    assert len(res['history']) == 2 and {'data', 'stage 1', 'stage 2', 'evaluate', 'export', 'pictures'} <= set(res['phases'])
     for h, size in zip(res['history'], (24, 32)):
         assert h['size'] == size and {'stage', 'train_loss', 'valid_loss', 'top1', 'top5'} <= set(h)
     assert 0 <= res['top1'] <= res['top5'] <= 1 and 0 <= res['top1_tta'] <= res['top5_tta'] <= 1
@@ -168,3 +168,37 @@ def test_help_command():
     r = cli('--help')
     assert r.returncode == 0 and r.stdout.startswith('usage: tiny-fastai ') and not r.stderr, r.stderr[-2000:]
     assert all(c in r.stdout for c in ('train', 'evaluate', 'predict'))
+
+def test_sigterm_saves_and_exits_143(tmp_path):
+    "SIGTERM during training (a scheduler's stop): the epoch finishes, the checkpoint is saved, exit code 143 (SIGTERM's), not 130"
+    import signal
+    data = make_subset(sample_path(), tmp_path/'tiny', n_classes=3, n_train=20, n_val=6)
+    p = subprocess.Popen([BIN, 'train', '--data', data, '--out', tmp_path/'o', '--sizes', '16', '--epochs', '50', '--lr', '1e-3',
+                          '--bs', '8', '--no-tta', '--workers', '0'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:   # the first epoch's line: training is under way
+        if line.startswith('epoch 1/'): break
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 143 and 'interrupted (SIGTERM)' in err and 'run the same command again to resume' in err, err[-2000:]
+    assert (tmp_path/'o'/'models'/'ckpt.pth').exists()
+
+def test_argument_errors_come_before_fastai(tmp_path):
+    "A bad value of any train option is refused before fastai (or torch) is imported: the CLI checks the whole recipe first"
+    probe = ('import sys\nfrom tiny_fastai.cli import main\ncode = main(sys.argv[1:])\n'
+             "print(code, 'fastai' in sys.modules, 'torch' in sys.modules)")
+    for args in (['--arch', 'resnet50'], ['--budget', '9 parsecs'], ['--ema', 'x'], ['--mix', 'blend'], ['--data', str(tmp_path/'none')],
+                 ['--cache-dir', ''], ['--sizes', '16.5', '--epochs', '1'], ['--tta', 'five'], ['--compile', 'always']):
+        r = subprocess.run([sys.executable, '-c', probe, 'train', '--out', str(tmp_path/'o'), *args], capture_output=True, text=True, timeout=120)
+        assert r.stdout.split() == ['2', 'False', 'False'] and len(r.stderr.strip().splitlines()) == 1, (args, r.stdout, r.stderr[-2000:])
+
+def test_train_options_are_the_recipe_fields():
+    "Every field of Recipe and RunOptions (and the per-stage lists of Stage) is an option of `train`, with its help; every arch is listed"
+    from dataclasses import fields
+    from tiny_fastai.plan import Recipe, RunOptions, ARCH_PRESETS
+    from tiny_fastai.cli import get_parser
+    p = get_parser()
+    train = p._subparsers._group_actions[0].choices['train']
+    opts = {o for a in train._actions for o in a.option_strings}
+    want = {'--' + f.metadata.get('name', f.name).replace('_', '-') for cls in (Recipe, RunOptions) for f in fields(cls) if f.metadata.get('name', f.name)}
+    assert want | {'--sizes', '--epochs', '--lr'} <= opts, sorted(want - opts)
+    assert all(a in train.format_help() for a in ARCH_PRESETS)

@@ -117,14 +117,14 @@ def test_cli_demo_torchrun(tmp_path):
                    '--lr', 'find,3e-3', '--sched', 'stages'], cwd=tmp_path)
     assert r.returncode == 0, f"torchrun failed:\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"
     res = json.loads((out/'results.json').read_text())
-    assert (res['world_size'], res['epochs'], res['n_train'], res['n_valid']) == (2, 2, 1000, 500)
-    assert res['bs'] == 64 and res['bs_per_process'] == 32
+    assert (res['world_size'], len(res['history']), res['n_train'], res['n_valid']) == (2, 2, 1000, 500)
+    assert res['recipe']['bs'] == 64 and res['bs_per_process'] == 32
     assert [(h['epoch'], h['size']) for h in res['history']] == [(0, 16), (1, 32)]
     for k in ('top1', 'top5', 'top1_tta', 'top5_tta'): assert 0 <= res[k] <= 1, k
     # the last epoch's val top-1 (exact per-epoch metric) and the final evaluation (get_preds_all) score the same model
     # at the same size on the same 500 images
     assert _close(res['history'][-1]['top1'], res['top1'], 1e-4)
-    assert res['stages'][0]['lr'] > 0 and res['stages'][1]['lr'] == 3e-3
+    assert res['recipe']['stages'][0][2] > 0 and res['recipe']['stages'][1][2] == 3e-3
     assert {'model.pkl', 'history.csv', 'history.png', 'lr_find_1_16px.png', 'results.json'} <= set(res['files'])
     assert sorted(p.name for p in (out/'models').iterdir()) == ['ckpt.pth']   # no lr_find temporaries left by any rank
     assert not [p for p in out.rglob('*.tmp')]

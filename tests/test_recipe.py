@@ -7,7 +7,7 @@ from pathlib import Path
 from fastai.learner import Learner
 from tiny_fastai.data import make_subset, sample_path
 from tiny_fastai.recipe import train_recipe
-from tiny_fastai.plan import resolve_plan, get_recipe
+from tiny_fastai.plan import resolve_plan, get_recipe, Recipe
 from tiny_fastai.checkpoint import read_checkpoint, CheckpointError, CKPT_FORMAT
 from tiny_fastai.plan import PlanError
 from tiny_fastai.callbacks import NanLossError
@@ -95,10 +95,12 @@ def test_results_json(data, tmp_path):
     "results.json has the documented keys, one history row per planned epoch, and fractions in [0, 1]"
     train_recipe('demo', out=tmp_path, data=data, **{**FAST, 'tta': True})
     r = json.loads((tmp_path/'results.json').read_text())
-    for k in ('top1', 'top5', 'top1_tta', 'top5_tta', 'params', 'stages', 'epochs', 'wall_s', 'device', 'history'):
+    for k in ('recipe', 'top1', 'top5', 'top1_tta', 'top5_tta', 'params', 'wall_s', 'phases', 'device', 'history'):
         assert k in r, k
-    assert r['stages'] == [dict(size=16, epochs=1, lr=2e-3), dict(size=32, epochs=1, lr=2e-3)]
-    assert r['epochs'] == 2 and len(r['history']) == 2
+    # the recipe as trained, whole: what was asked for (the preset with FAST's settings), nothing repeated beside it
+    assert Recipe.from_dict(r['recipe']) == resolve_plan('demo', data=data, **{**FAST, 'tta': 'aug'})
+    assert r['recipe']['stages'] == [[16, 1, 2e-3], [32, 1, 2e-3]] and len(r['history']) == 2
+    assert not {'stages', 'epochs', 'arch', 'bs', 'sched', 'preset'} & set(r)
     assert [(h['stage'], h['size']) for h in r['history']] == [(0, 16), (1, 32)]
     assert 0 <= r['top1'] <= r['top5'] <= 1 and 0 <= r['top1_tta'] <= r['top5_tta'] <= 1
     assert r['params'] > 0 and r['device'].startswith('cpu') and r['wall_s'] > 0

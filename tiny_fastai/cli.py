@@ -123,6 +123,8 @@ def settings(a:argparse.Namespace) -> tuple:
         if f.name in run and not f.metadata.get('flag') and 'const' not in f.metadata: run[f.name] = _value(run[f.name], f, _opt(f))
     stage = {sf.name: _per_stage(getattr(a, f'stage_{sf.name}'), sf) for sf in fields(Stage) if getattr(a, f'stage_{sf.name}') is not None}
     recipe = resolve_plan(a.name or 'demo', sizes=stage.get('size'), epochs=stage.get('epochs'), lrs=stage.get('lr'), **rec)
+    if 'data' in rec and '://' not in recipe.data and not os.path.exists(recipe.data):   # a missing folder: now, not after the imports
+        raise CliError(f"--data {recipe.data} does not exist: give a Tiny ImageNet folder, .zip/.tar.gz archive or URL")
     return recipe,RunOptions(**run)
 
 def _train(a):

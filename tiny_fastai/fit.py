@@ -200,7 +200,7 @@ def time_steps(learn, size:int, n:int=10, n_valid:int=3, warmup:int=3) -> dict:
 def budget_stages(stages, epoch_s, fixed_s, budget_s:float, max_epochs:int=MAX_EPOCHS) -> list:
     "`stages` with epochs scaled in proportion to the most whose seconds (`epoch_s` per epoch, `fixed_s` per stage) fit `budget_s`"
     # when one epoch per stage does not fit, the earliest stages go (the last one stays); a PlanError only when not even it fits
-    stages,epoch_s,fixed_s = list(stages),list(epoch_s),list(fixed_s)
+    stages,epoch_s,fixed_s = [s if isinstance(s, Stage) else Stage(*s) for s in stages],list(epoch_s),list(fixed_s)
     def plan(k, first): return [max(1, round(k*s.epochs)) for s in stages[first:]]
     def cost(k, first): return sum(n*t for n,t in zip(plan(k, first), epoch_s[first:])) + sum(fixed_s[first:])
     first = next((i for i in range(len(stages)) if cost(0, i) <= budget_s), None)

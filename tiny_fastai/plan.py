@@ -175,6 +175,7 @@ class Recipe:
         if self.ema is not None and not 0 < self.ema < 1: raise PlanError(f"ema must be a decay in (0, 1) (0: none), got {self.ema!r}")
         if self.test_size is not None: check_stage(self.test_size, 1, i='of the test size')
         if self.data is not None and str(self.data) == '': raise PlanError("--data is empty: give a Tiny ImageNet folder, archive or URL (or leave it out)")
+        if self.data is not None: set_('data', str(self.data))   # a Path from Python: the recipe is plain data (results.json)
         if self.valid_every is not None and (not is_int(self.valid_every) or self.valid_every < 1):
             raise PlanError(f"valid_every must be a positive integer, got {self.valid_every!r}")
 
