@@ -140,7 +140,7 @@ def test_read_only_out(tmp_path, monkeypatch):
     ro = tmp_path/'ro'; ro.mkdir()
     real = os.access
     monkeypatch.setattr(os, 'access', lambda p, mode, **k: False if Path(p) == ro else real(p, mode, **k))   # as chmod 555 does (not for root)
-    code, _, err = run_main('train', '--out', ro, '--data', tmp_path/'missing')
+    code, _, err = run_main('train', '--out', ro, '--data', sample_path())
     assert code == 2 and len(err.strip().splitlines()) == 1 and f'--out {ro} cannot be written' in err, err
 
 _HELP_PROBE = '''import sys

@@ -127,7 +127,7 @@ def test_long_run_features_resume_exactly(data, tmp_path):
     with pytest.raises(KeyboardInterrupt): train_recipe('full', out=tmp_path/'a', cbs=[StopAfterEpoch(2)], **kw)
     a = train_recipe('full', out=tmp_path/'a', **kw)
     b = train_recipe('full', out=tmp_path/'b', **kw)
-    assert [h['run'] for h in a.history] == [1, 2, 2] and a.ema == get_recipe('full').ema   # epoch 2 had no checkpoint yet
+    assert [h['run'] for h in a.history] == [1, 2, 2] and a.recipe['ema'] == get_recipe('full').ema   # epoch 2 had no checkpoint yet
     for h,g in zip(a.history, b.history):
         for k in METRICS: assert h[k] == pytest.approx(g[k], abs=1e-5), (h['epoch'], k)
     assert a.top1 == pytest.approx(b.top1, abs=1e-6)

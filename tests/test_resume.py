@@ -80,7 +80,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     r = run('none', args, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out/'results.json').read_text())
-    assert res['epochs'] == 5 and len(res['history']) == 5
+    assert sum(n for _, n, _ in res['recipe']['stages']) == 5 and len(res['history']) == 5
     assert [h['epoch'] for h in res['history']] == [0, 1, 2, 3, 4]
     assert [(h['stage'], h['size'], h['stage_epoch']) for h in res['history']] == [(0,16,0), (0,16,1), (1,32,0), (2,64,0), (2,64,1)]
     assert [h['run'] for h in res['history']] == [2, 2, 3, 4, 4]    # which invocation trained each epoch: none twice

@@ -207,25 +207,3 @@ def run():
         try: f.flush()
         except (OSError, ValueError): pass
     os._exit(code)
-
-# %% ../nbs/17_cli.ipynb #065851f3
-def main(argv=None) -> int:
-    "Entry point of the `tiny-fastai` console script; returns the exit code"
-    p = get_parser()
-    a = p.parse_args(argv)
-    if a.cmd is None: p.print_help(); return 2
-    os.environ.setdefault('MPLBACKEND', 'Agg')
-    warnings.filterwarnings('ignore', category=FutureWarning)
-    warnings.filterwarnings('ignore', category=DeprecationWarning)
-    try: return dict(train=_train, evaluate=_evaluate, predict=_predict, app=_app)[a.cmd](a)
-    except KeyboardInterrupt:
-        print(f"tiny-fastai {a.cmd}: interrupted; " + ("run the same command again to resume from the last completed epoch"
-              if a.cmd == 'train' else "run it again to start it over"), file=sys.stderr)
-        return 130
-    except Exception as e:
-        if os.environ.get('TINY_FASTAI_DEBUG'): raise
-        known = isinstance(e, (ValueError, OSError, RuntimeError))
-        msg = str(e) if known and str(e) else f"{type(e).__name__}: {e}"
-        msg = '\n'.join(map(safe_text, msg.split('\n')))   # names from other people's files: no escape sequences reach the terminal
-        print(f"tiny-fastai {a.cmd}: error: {msg}", file=sys.stderr)
-        return 2
