@@ -288,13 +288,16 @@ def _archive_build(arch, folder, cache_dir, stem, key, sha, size, n_workers, ver
     "Read `arch` (SHA-256 `sha` before the read) as a stream and decode its images into the caches of both splits; the `Layout` (None if not exactly the official layout)"
     t0 = time.time()
     if verbose: print(f"tiny_fastai: reading {arch}", flush=True)
-    blobs,texts = {},{}
-    for name,b in archive_members(arch):
-        if name.endswith('.txt') and not name.endswith('_boxes.txt'): texts[name] = b
-        elif Path(name).suffix.lower() in image_extensions: blobs[name] = b
-    if file_sha256(arch) != sha:   # rewritten while it was read: the bytes read are not those of the key
-        raise ArchiveError(f"{arch} changed while it was read (another program writes it); no cache was kept from it: "
-                           "run again once it is complete")
+    blobs,texts,changed = {},{},ArchiveError(f"{arch} changed while it was read (another program writes it); no cache was kept "
+                                             "from it: run again once it is complete")
+    try:
+        for name,b in archive_members(arch):
+            if name.endswith('.txt') and not name.endswith('_boxes.txt'): texts[name] = b
+            elif Path(name).suffix.lower() in image_extensions: blobs[name] = b
+    except ArchiveError:
+        if file_sha256(arch) != sha: raise changed from None   # not damaged: rewritten under the reader
+        raise
+    if file_sha256(arch) != sha: raise changed   # the bytes read are not those of the key
     lay = archive_layout(folder, blobs, texts)
     if lay is None: return None
     top = next(n for n in texts if n.rpartition('/')[2] == 'wnids.txt' and n.count('/') <= 1)[:-len('wnids.txt')]
