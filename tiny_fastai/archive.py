@@ -44,7 +44,7 @@ def _unsafe_name(n):
     return p.startswith('/') or re.match(r'[a-zA-Z]:', p) is not None or '..' in p.split('/')
 
 MAX_MEMBER_BYTES = 2**26    # 64 MiB: the largest file of Tiny ImageNet is words.txt (2.7 MB), an image a few kB
-MAX_ARCHIVE_BYTES = 2**31   # 2 GiB unpacked: Tiny ImageNet unpacks to 220 MB; the array cache holds the images of an archive in memory
+MAX_ARCHIVE_BYTES = 2**30   # 1 GiB unpacked: Tiny ImageNet unpacks to 220 MB, and the array cache holds an archive's images in memory
 
 def _check_member(arch, name, size:int, total:int):
     "Refuse the member `name` of `arch` (`size` bytes, `total` with the members before it) before it is read: an unsafe name, or too large"
@@ -100,7 +100,7 @@ def _unpack(arch, out, ready=None):
             if ready: ready()
             with tarfile.open(arch, 'r:*') as t:
                 if hasattr(tarfile, 'data_filter'): t.extractall(out, filter=_tar_check(arch))
-                else: t.extractall(out, members=(m for m in t if _tar_check(arch)(m, out)))
+                else: chk = _tar_check(arch); t.extractall(out, members=(m for m in t if chk(m, out)))
     except getattr(tarfile, 'FilterError', ()) as e:   # `filter='data'`: a path outside the folder, an absolute or outside link
         raise ArchiveError(f"{arch} holds an unsafe member ({type(e).__name__}: {e}); refused: nothing was kept from it") from e
     except OSError as e:
