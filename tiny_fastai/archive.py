@@ -21,13 +21,13 @@ from fastdownload import download_url
 import tiny_fastai
 try: import fcntl
 except ImportError: fcntl = None   # no lock on Windows
-from .files import pid_alive
+from .files import pid_alive, DiskFullError, free_space, fmt_bytes, is_disk_full
 from .data import *
 from .data import LayoutError, ArchiveError, DownloadError
 
 # %% auto #0
-__all__ = ['file_sha256', 'archive_fingerprint', 'die_with_parent', 'archive_of', 'archive_members', 'archive_layout',
-           'get_tiny_imagenet']
+__all__ = ['MAX_MEMBER_BYTES', 'MAX_ARCHIVE_BYTES', 'file_sha256', 'archive_fingerprint', 'die_with_parent', 'archive_of',
+           'archive_members', 'archive_layout', 'get_tiny_imagenet']
 
 # %% ../nbs/02a_archive.ipynb #78f2a17a
 def _is_url(s): return isinstance(s, str) and urlparse(s).scheme in ('http', 'https', 'ftp', 'file')
@@ -43,21 +43,73 @@ def _unsafe_name(n):
     p = n.replace('\\', '/')
     return p.startswith('/') or re.match(r'[a-zA-Z]:', p) is not None or '..' in p.split('/')
 
-def _unpack(arch, out):
+MAX_MEMBER_BYTES = 2**26    # 64 MiB: the largest file of Tiny ImageNet is words.txt (2.7 MB), an image a few kB
+MAX_ARCHIVE_BYTES = 2**30   # 1 GiB unpacked: Tiny ImageNet unpacks to 220 MB, and the array cache holds an archive's images in memory
+
+def _check_member(arch, name, size:int, total:int):
+    "Refuse the member `name` of `arch` (`size` bytes, `total` with the members before it) before it is read: an unsafe name, or too large"
+    if _unsafe_name(name): raise ArchiveError(f"{arch} holds an unsafe member name {name!r} (it would land outside the "
+                                              "extraction folder); refused: nothing was extracted from it")
+    if size > MAX_MEMBER_BYTES:
+        raise ArchiveError(f"{arch}: member {name!r} unpacks to {fmt_bytes(size)}, more than any file of Tiny ImageNet (the limit is "
+                           f"{fmt_bytes(MAX_MEMBER_BYTES)}, tiny_fastai.archive.MAX_MEMBER_BYTES); refused before reading it, nothing was kept from it")
+    if total > MAX_ARCHIVE_BYTES:
+        raise ArchiveError(f"{arch} unpacks to more than {fmt_bytes(MAX_ARCHIVE_BYTES)} (reached at member {name!r}), far more than Tiny "
+                           "ImageNet (220 MB; the limit is tiny_fastai.archive.MAX_ARCHIVE_BYTES); refused before reading it, nothing was kept from it")
+
+def _tar_check(arch):
+    "A tar `filter` (`filter='data'`'s rules where Python has them) that also refuses, by `_check_member`, a member before it is read"
+    total,safe = 0,getattr(tarfile, 'data_filter', None)
+    def check(m, dest):
+        nonlocal total
+        total += m.size if m.isfile() else 0
+        _check_member(arch, m.name, m.size if m.isfile() else 0, total)
+        return safe(m, dest) if safe is not None else m
+    return check
+
+def _unpacked_size(arch) -> int:
+    "The bytes `arch` unpacks to, where its headers say it cheaply (a zip's sizes, a gzip's length field, a tar's size); else None"
+    try:
+        if archive_kind(arch) == 'zip':
+            with zipfile.ZipFile(arch) as z: return sum(i.file_size for i in z.infolist())
+        with open(arch, 'rb') as f:
+            if f.read(2) == b'\x1f\x8b':   # gzip: the last 4 bytes are the unpacked length (modulo 4 GiB)
+                f.seek(-4, 2); return int.from_bytes(f.read(4), 'little')
+        return Path(arch).stat().st_size if Path(arch).name.lower().endswith('.tar') else None
+    except (OSError, zipfile.BadZipFile): return None   # the extraction says what is wrong
+
+def _full_error(arch, dest, need, e=None):
+    "The `DiskFullError` of an extraction of `arch` into `dest` that does not fit (`need`: its bytes, when known); the archive is kept"
+    need = f"needs {fmt_bytes(need)}, " if need else ""
+    return DiskFullError(f"no space left on device: extracting {arch} into {dest} {need}{fmt_bytes(free_space(dest))} free; "
+                         f"nothing was extracted and {arch} is kept: free some space there and run again, or extract it "
+                         "on another disk and give that folder (--data)", dest)
+
+def _unpack(arch, out, ready=None):
+    "Extract `arch` into `out`, every member checked first (its name and size), its unpacked size checked against the free space (then `ready()`)"
+    need = _unpacked_size(arch)
+    if need and need > free_space(out): raise _full_error(arch, Path(out).parent, need)
     try:
         if archive_kind(arch) == 'zip':
             with zipfile.ZipFile(arch) as z:
-                bad = first(n for n in z.namelist() if _unsafe_name(n))
-                if bad is not None: raise ArchiveError(f"{arch} holds an unsafe member name {bad!r} (it would land outside the "
-                                                       "extraction folder); refused: nothing was extracted from it")
+                total = 0
+                for i in z.infolist(): total += i.file_size; _check_member(arch, i.filename, i.file_size, total)
+                if ready: ready()
                 z.extractall(out)
         else:
+            if ready: ready()
             with tarfile.open(arch, 'r:*') as t:
-                if hasattr(tarfile, 'data_filter'): t.extractall(out, filter='data')
-                else: t.extractall(out)
+                if hasattr(tarfile, 'data_filter'): t.extractall(out, filter=_tar_check(arch))
+                else: chk = _tar_check(arch); t.extractall(out, members=(m for m in t if chk(m, out)))
     except getattr(tarfile, 'FilterError', ()) as e:   # `filter='data'`: a path outside the folder, an absolute or outside link
         raise ArchiveError(f"{arch} holds an unsafe member ({type(e).__name__}: {e}); refused: nothing was kept from it") from e
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
+    except OSError as e:
+        if is_disk_full(e): raise _full_error(arch, Path(out).parent, need) from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermissionError(e.errno, f"cannot extract {arch} into {Path(out).parent} ({e.strerror}); {arch} is kept: "
+                                           "extract it into a folder you can write (dest=...)") from None
+        raise ArchiveError(f"{arch} is truncated or corrupt ({type(e).__name__}: {e}); nothing was kept from it") from e
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
         raise ArchiveError(f"{arch} is truncated or corrupt ({type(e).__name__}: {e}); nothing was kept from it") from e
 
 def _find_root(out):
@@ -85,7 +137,7 @@ def archive_fingerprint(arch) -> dict:
     "What identifies an archive: its size and the SHA-256 of its bytes (an archive rewritten with the same size and time is another)"
     return dict(size=Path(arch).stat().st_size, sha256=file_sha256(arch))
 
-def _extract(arch, dest):
+def _extract(arch, dest, ready=None):
     dest = Path(dest).expanduser(); final = dest/'tiny-imagenet-200'
     fp = archive_fingerprint(arch)
     if final.exists():
@@ -93,13 +145,20 @@ def _extract(arch, dest):
         except LayoutError as e: raise LayoutError(f"{final} exists but is not a valid extraction of {arch}; delete it and run again.\n{e}") from e
         src = extracted_from(final)
         if src is not None and src.get('fingerprint') == fp: return final
-        print(f"tiny_fastai: {final} was extracted from {src['archive'] if src else 'an unrecorded archive'}, "
-              f"not from {arch}: extracting {arch} in its place", flush=True)
+        if src is not None and src.get('archive') == str(Path(arch).resolve()):   # the same file, rewritten since
+            old = (src.get('fingerprint') or {}).get('sha256') or '?'
+            print(f"tiny_fastai: {arch} changed since {final} was extracted from it (SHA-256 {old[:12]} then, {fp['sha256'][:12]} now): "
+                  "extracting it again", flush=True)
+        else: print(f"tiny_fastai: {final} was extracted from {src['archive'] if src else 'an unrecorded archive'}, "
+                    f"not from {arch}: extracting {arch} in its place", flush=True)
     dest.mkdir(parents=True, exist_ok=True)
     _clean_partials(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f'.tiny-imagenet-200.partial-{os.getpid()}-', dir=dest))
     try:
-        _unpack(arch, tmp)
+        _unpack(arch, tmp, ready)
+        if archive_fingerprint(arch) != fp:   # rewritten while it was read: its files are not those of `fp`
+            raise ArchiveError(f"{arch} changed while it was extracted (another program writes it); nothing was kept: "
+                               "run again once it is complete")
         root = _find_root(tmp)
         if root is None: raise LayoutError(f"{arch} does not contain Tiny ImageNet (no wnids.txt at its top or in a top folder)")
         try: scan(root)
@@ -131,7 +190,7 @@ def die_with_parent(ppid:int):
 def _extract_child(arch, dest, ppid, errors):
     die_with_parent(ppid)
     try:
-        with extract_lock(Path(dest).expanduser()): _extract(arch, dest)   # after another process's extraction, if one runs: then nothing to do
+        with extract_lock(Path(dest).expanduser()): _extract(arch, dest, ready=lambda: errors.put(None))   # None: its members and the free space checked   # after another process's extraction, if one runs: then nothing to do
     except BaseException as e:   # the parent raises it when it needs the folder
         try: errors.put(e)
         except Exception: errors.put(ArchiveError(f"{type(e).__name__}: {e}"))
@@ -161,17 +220,28 @@ def archive_of(path):
     return ARCHIVES.get(Path(path))
 
 def archive_members(arch):
-    "(name, bytes) of each file in the .zip or tar archive `arch`, in archive order, read as one stream; an `ArchiveError` if it is damaged"
+    "(name, bytes) of each file in the .zip or tar archive `arch`, in archive order, read as one stream; each member's name and size checked before it is read; an `ArchiveError` if it is damaged or too large"
     try:
         if archive_kind(arch) == 'zip':
             with zipfile.ZipFile(arch) as z:
+                total = 0
+                for i in z.infolist(): total += i.file_size; _check_member(arch, i.filename, i.file_size, total)   # all before any is read
                 for i in z.infolist():
                     if not i.is_dir(): yield i.filename, z.read(i)
         else:
             with tarfile.open(arch, 'r|*') as t:
+                total = 0
                 for m in t:
+                    total += m.size if m.isfile() else 0
+                    _check_member(arch, m.name, m.size if m.isfile() else 0, total)
+                    if (m.issym() or m.islnk()) and _unsafe_name(m.linkname):   # as `filter='data'` (whose path checks cost 0.3 ms a member) refuses it
+                        raise ArchiveError(f"{arch} holds an unsafe member {m.name!r} (a link to {m.linkname!r}, outside the "
+                                           "extraction folder); refused: nothing was kept from it")
                     if m.isfile(): yield m.name, t.extractfile(m).read()
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
+    except OSError as e:
+        if is_disk_full(e): raise
+        raise ArchiveError(f"{arch} is truncated or corrupt ({type(e).__name__}: {e}); nothing was kept from it") from e
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
         raise ArchiveError(f"{arch} is truncated or corrupt ({type(e).__name__}: {e}); nothing was kept from it") from e
 
 def archive_layout(folder, names, texts:dict) -> Layout:
@@ -221,6 +291,9 @@ def get_tiny_imagenet(source=None, # URL (default `URL_TINY`), .zip/.tar.gz/.tgz
                 part = arch.with_name(arch.name+'.part')
                 if part.exists(): part.unlink()
                 if isinstance(e, KeyboardInterrupt): raise
+                if is_disk_full(e): raise DiskFullError(f"no space left on device: downloading {url} to {arch} failed "
+                                                        f"({fmt_bytes(free_space(arch.parent))} free; Tiny ImageNet is 248 MB); "
+                                                        "free some space there and run again", arch) from e
                 raise DownloadError(f"download of {url} to {arch} did not finish ({type(e).__name__}: {e}); "
                                     "nothing was kept, run again to retry") from e
         try: return _get_archive(arch, ifnone(dest, fastai_cfg().path('data')), background)

@@ -5,7 +5,7 @@
 # %% ../nbs/04a_cache.ipynb #034741b2
 from __future__ import annotations
 from .core import *
-import os, io, gc, json, time, hashlib, warnings, weakref, multiprocessing, zlib
+import os, io, gc, errno, json, time, hashlib, warnings, weakref, multiprocessing, zlib
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -21,12 +21,12 @@ try: import fcntl
 except ImportError: fcntl = None   # no lock on Windows
 from .augment import default_augmenter, ImgAugTransform
 from .files import check_space, is_disk_full, disk_full_message, tmp_path, clean_tmp
-from .data import TINY_STATS, Layout, LayoutError, scan, open_image, to_rgb, shown, serve_early, SOURCE_FILE
+from .data import TINY_STATS, Layout, LayoutError, ArchiveError, scan, open_image, open_checked, to_rgb, shown, serve_early, SOURCE_FILE, check_extraction
 from .archive import die_with_parent, archive_of, archive_members, archive_layout, file_sha256
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'CACHE_BLOCK', 'CACHE_CHECK_BYTES', 'ItemResize', 'default_cache_dir', 'ArrayCache', 'build_cache',
-           'layout_caches', 'archive_caches']
+__all__ = ['CACHE_VERSION', 'CACHE_BLOCK', 'CACHE_CHECK_BYTES', 'MOVE_CACHE', 'ItemResize', 'files_fingerprint',
+           'default_cache_dir', 'ArrayCache', 'CacheDirError', 'build_cache', 'layout_caches', 'archive_caches']
 
 # %% ../nbs/04a_cache.ipynb #5d1e3f24
 class ItemResize(Resize):
@@ -42,8 +42,8 @@ CACHE_CHECK_BYTES = 2**27  # bytes of images checked against their CRC-32s at ea
 
 def _hash_name(path) -> str: return hashlib.sha1(os.fsencode(path)).hexdigest()[:8]
 
-def _fingerprint(root, files, labels, size) -> str:
-    "A key of `files` (under `root`) with `labels`: each one's name (as the bytes the OS gives), size, modification and change times, inode and label"
+def files_fingerprint(root, files, labels, size:int=0) -> str:
+    "A key of `files` (under `root`) with `labels` (decoded at `size`): each one's name (as the bytes the OS gives), size, modification and change times, inode and label"
     h = hashlib.sha1(f'tiny_fastai cache {CACHE_VERSION} {size}\n'.encode())
     root = Path(root)
     for f,l in zip(files, labels):
@@ -55,7 +55,7 @@ def _decode(src, size:int):
     "Decode `src` (a file, or its bytes) as the DataBlock path does for the validation set: `open_image` then `ItemResize(size)` (centre crop); the error as text if it cannot"
     try:
         if isinstance(src, bytes):
-            with Image.open(io.BytesIO(src)) as im: im = PILImage(to_rgb(im))
+            with open_checked(io.BytesIO(src)) as im: im = PILImage(to_rgb(im))
         else: im = open_image(src)
     except LayoutError as e: return str(e.__cause__ or e)
     except Exception as e: return f"{type(e).__name__}: {e}"
@@ -123,6 +123,15 @@ class ArrayCache:
     def __len__(self): return len(self.y) if self.rows is None else len(self.rows)
     @property
     def size(self): return self.x.shape[1]
+    @property
+    def key(self) -> str:
+        "The key in its file name: a hash of what it was decoded from (the archive's SHA-256, or the names, sizes, times and labels of its files)"
+        return self.xf.name[:-len('.x.npy')].rsplit('-', 1)[1]
+    @property
+    def source(self) -> str:
+        "What it was decoded from, for a person: 'archive NAME sha256 HASH', or 'files KEY' (see `key`)"
+        try: return json.loads(_side(self.xf, '.json').read_text()).get('source') or f"files {self.key}"
+        except (OSError, ValueError): return f"files {self.key}"
     def get(self, idxs):
         "Images and labels of the items `idxs` (indices into `rows` when it is set)"
         if self.rows is not None: idxs = self.rows[idxs]
@@ -131,14 +140,22 @@ class ArrayCache:
     def __setstate__(self, d): self.__dict__.update(d); self._open()
     def __repr__(self): return f"{type(self).__name__}({len(self)} images of {self.size}x{self.size}, {self.xf})"
 
+MOVE_CACHE = "--cache-dir (or cache_dir= in Python, or XDG_CACHE_HOME)"   # how a user puts the cache elsewhere, named in errors
+
+class CacheDirError(PermissionError):
+    "A cache folder that cannot be written (no permission, a read-only disk, a file in the way); the message names it"
+    def __init__(self, msg, errno_=None): super().__init__(msg); self.errno,self.msg = errno_,msg
+    def __str__(self): return self.msg
+
 @contextmanager
 def _writable(cache_dir):
-    "A cache folder this user cannot write is one error naming it and the ways to move the cache"
+    "A cache folder this user cannot write (no permission, a read-only disk, a file where a folder goes) is one error naming it and the ways to move the cache"
     try: yield
-    except PermissionError as e:
-        raise PermissionError(e.errno, f"cannot write the image cache in {cache_dir} ({e.strerror}: {e.filename}): pass tiny_dls a writable "
-                              f"cache_dir=..., or set XDG_CACHE_HOME to a writable folder (now {os.environ.get('XDG_CACHE_HOME')!r}; "
-                              "the cache goes there when the data folder is not writable)") from None
+    except OSError as e:
+        if isinstance(e, CacheDirError) or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST): raise
+        raise CacheDirError(f"cannot write the image cache in {cache_dir} ({e.strerror}: {e.filename}): give a writable folder with "
+                            f"{MOVE_CACHE}; XDG_CACHE_HOME is now {os.environ.get('XDG_CACHE_HOME')!r} (the cache goes there when the "
+                            "data folder is not writable)", e.errno) from None
 
 @contextmanager
 def _locked(fname):
@@ -177,14 +194,14 @@ def _try_open(xf, n, size, labels):
     c.bad = json.loads(mf.read_text())['bad']
     return c
 
-def _write(xf, srcs, labels, size, n_workers, verbose, what) -> list:
+def _write(xf, srcs, labels, size, n_workers, verbose, what, source=None) -> list:
     "Decode `srcs` (files or their bytes) into the cache `xf` with `labels` (its files written under temporary names, renamed when complete); the (index, error) of the undecodable ones"
     cache_dir,n = xf.parent,len(srcs)
     clean_tmp(cache_dir)   # what killed builds left
     stem = xf.name.split('-')[0] + '-' + xf.name.split('-')[1]
     for f in cache_dir.glob(f'{xf.name.rsplit("-", 1)[0]}-*'):   # this split's stale (or damaged) caches: their space may be needed
         if f.suffix in ('.npy', '.json'): f.unlink(missing_ok=True)
-    nw,hint = ifnone(n_workers, os.cpu_count() or 1),"; free some space, or give tiny_dls another cache_dir"
+    nw,hint = ifnone(n_workers, os.cpu_count() or 1),f"; free some space, or put the image cache on another disk with {MOVE_CACHE}"
     check_space(xf, n*size*size*3 + 4*n + 2**16, hint)
     if verbose: print(f"tiny_fastai: decoding {n:,} {what} into {xf} ({n*size*size*3/2**20:,.0f} MiB, {nw} processes)", flush=True)
     yf,sf,mf = _side(xf, '.y.npy'),_sums_file(xf),_side(xf, '.json')
@@ -198,7 +215,7 @@ def _write(xf, srcs, labels, size, n_workers, verbose, what) -> list:
                 sums[b:b+len(s)] = s; bad += e
             for t,a in zip(tmps[1:3], (labels, sums)):
                 with open(t, 'wb') as f: np.save(f, a)
-            tmps[3].write_text(json.dumps(dict(n=n, bad=bad)))
+            tmps[3].write_text(json.dumps(dict(n=n, bad=bad, **({'source': source} if source else {}))))
             for t,f in zip(tmps[1:], (yf, sf, mf)): os.replace(t, f)
             os.replace(tmps[0], xf)   # the images last: a cache is complete when they are there
     finally:
@@ -224,7 +241,7 @@ def build_cache(root, split:str, files, labels, cache_dir, size:int=64, n_worker
     files,labels,cache_dir = [Path(f) for f in files],np.asarray(labels, dtype=np.int16),Path(cache_dir)
     root = Path(root)
     n = len(files)
-    xf = cache_dir/f"{split}-{size}px-{_hash_name(root.resolve())}-{_fingerprint(root, files, labels, size)}.x.npy"
+    xf = cache_dir/f"{split}-{size}px-{_hash_name(root.resolve())}-{files_fingerprint(root, files, labels, size)}.x.npy"
     c = _try_open(xf, n, size, labels)
     if c is None:
         with _locked(cache_dir/f'.{xf.name.rsplit("-", 1)[0]}.lock'), _writable(cache_dir):
@@ -267,14 +284,20 @@ def _serve_first(lay, arch, blobs=None):
             if name == rel or name.endswith('/' + rel): serve_early(lay.path/rel, b); want.remove(rel)
         if not want: break
 
-def _archive_build(arch, folder, cache_dir, stem, key, size, n_workers, verbose):
-    "Read `arch` as a stream and decode its images into the caches of both splits; the `Layout` (None if not exactly the official layout)"
+def _archive_build(arch, folder, cache_dir, stem, key, sha, size, n_workers, verbose):
+    "Read `arch` (SHA-256 `sha` before the read) as a stream and decode its images into the caches of both splits; the `Layout` (None if not exactly the official layout)"
     t0 = time.time()
     if verbose: print(f"tiny_fastai: reading {arch}", flush=True)
-    blobs,texts = {},{}
-    for name,b in archive_members(arch):
-        if name.endswith('.txt') and not name.endswith('_boxes.txt'): texts[name] = b
-        elif Path(name).suffix.lower() in image_extensions: blobs[name] = b
+    blobs,texts,changed = {},{},ArchiveError(f"{arch} changed while it was read (another program writes it); no cache was kept "
+                                             "from it: run again once it is complete")
+    try:
+        for name,b in archive_members(arch):
+            if name.endswith('.txt') and not name.endswith('_boxes.txt'): texts[name] = b
+            elif Path(name).suffix.lower() in image_extensions: blobs[name] = b
+    except ArchiveError:
+        if file_sha256(arch) != sha: raise changed from None   # not damaged: rewritten under the reader
+        raise
+    if file_sha256(arch) != sha: raise changed   # the bytes read are not those of the key
     lay = archive_layout(folder, blobs, texts)
     if lay is None: return None
     top = next(n for n in texts if n.rpartition('/')[2] == 'wnids.txt' and n.count('/') <= 1)[:-len('wnids.txt')]
@@ -286,7 +309,7 @@ def _archive_build(arch, folder, cache_dir, stem, key, size, n_workers, verbose)
         rows = _rows(lay, split)
         srcs = [blobs.pop(top + f.relative_to(folder).as_posix()) for f,_ in rows]
         _write(cache_dir/f'{split}-{stem}-{key}.x.npy', srcs, np.array([idx[w] for _,w in rows], np.int16), size,
-               n_workers, verbose, f'{split} images of {arch.name}')
+               n_workers, verbose, f'{split} images of {arch.name}', source=f"archive {shown(arch.name)} sha256 {sha[:16]}")
     t = tmp_path(lf); t.write_text(_layout_json(lay)); os.replace(t, lf)   # the layout last: with it the caches are complete
     if verbose: print(f"tiny_fastai: caches of {arch.name} built in {time.time()-t0:.1f} s", flush=True)
     return lay
@@ -294,7 +317,8 @@ def _archive_build(arch, folder, cache_dir, stem, key, size, n_workers, verbose)
 def archive_caches(arch, folder, cache_dir, size:int=64, n_workers:int=None, verbose:bool=True, skip_bad:bool=False):
     "The `Layout` of `folder` (where `arch` is extracted) and the `ArrayCache`s of both splits, decoded from the archive's bytes; `None` if it is not exactly the official layout"
     arch,folder,cache_dir = Path(arch),Path(folder),Path(cache_dir)
-    key = hashlib.sha1(f'tiny_fastai cache {CACHE_VERSION} {size} {file_sha256(arch)}'.encode()).hexdigest()[:16]
+    sha = file_sha256(arch)
+    key = hashlib.sha1(f'tiny_fastai cache {CACHE_VERSION} {size} {sha}'.encode()).hexdigest()[:16]
     stem = f"{size}px-a{_hash_name(folder.resolve())}"   # one archive's caches per folder: another archive's replace them
     def found():
         lay = _read_layout(cache_dir/f'layout-{stem}-{key}.json', folder)
@@ -308,8 +332,9 @@ def archive_caches(arch, folder, cache_dir, size:int=64, n_workers:int=None, ver
         with _locked(cache_dir/f'.{stem}.lock'), _writable(cache_dir):
             got = found()   # built by another process while we waited
             if got is None:
-                if _archive_build(arch, folder, cache_dir, stem, key, size, n_workers, verbose) is None: return None
+                if _archive_build(arch, folder, cache_dir, stem, key, sha, size, n_workers, verbose) is None: return None
                 got,built = found(),True
     if not built: _serve_first(got[0], arch)   # the folder is not there yet (a killed run's extraction starts again): read them
+    check_extraction(folder)   # the background extraction's own checks (the free space) fail now, not after training
     lay,cs = got
     return lay,[_kept(c, [f for f,_ in _rows(lay, s)], skip_bad) for c,s in zip(cs, ('train', 'valid'))]

@@ -89,6 +89,7 @@ def get_parser() -> argparse.ArgumentParser:
     e.add_argument('--no-tta', action='store_true', help="skip the test-time-augmentation evaluation")
     e.add_argument('--seed', default='42', help="random seed of the TTA augmentations (default 42)")
     e.add_argument('--json', action='store_true', help="print the result as JSON")
+    e.add_argument('--skip-bad', action='store_true', help="score without the val images that cannot be decoded (named in a warning) instead of refusing")
     e.add_argument('--out', help="folder for confusion.png, top_losses.png and evaluate.json (default: an evaluate folder beside the model)")
     r = sub.add_parser('predict', help="top classes of image files")
     r.add_argument('model', help=_MODEL_HELP)
@@ -141,7 +142,7 @@ def _evaluate(a):
     bs,model,data,out = _int(a.bs, '--bs', 1),_path(a.model, 'MODEL'),_path(a.data, '--data'),_path(a.out, '--out')
     from tiny_fastai.recipe import evaluate_model
     res = evaluate_model(model, data, bs=bs, num_workers=_int(a.workers, '--workers', 0), tta=not a.no_tta,
-                         seed=_int(a.seed, '--seed'), out=out)
+                         seed=_int(a.seed, '--seed'), out=out, skip_bad=a.skip_bad)
     size = res.pop('size')
     if a.json: print(json.dumps(res))
     else:

@@ -24,10 +24,11 @@ except ImportError: fcntl = None   # no lock on Windows
 from .files import pid_alive
 
 # %% auto #0
-__all__ = ['URL_TINY', 'TINY_STATS', 'SOURCE_FILE', 'EXTRACTING', 'ARCHIVES', 'LayoutError', 'ArchiveError', 'DownloadError',
-           'shown', 'read_text', 'decode_text', 'parse_annotations', 'class_names', 'names_of', 'find_bad_images',
-           'to_rgb', 'archive_kind', 'extracted_from', 'extract_lock', 'wait_extracted', 'serve_early', 'open_image',
-           'Layout', 'scan', 'check_layout', 'make_subset', 'sample_path', 'tiny_stats']
+__all__ = ['URL_TINY', 'TINY_STATS', 'MAX_PIXELS', 'SOURCE_FILE', 'EXTRACTING', 'ARCHIVES', 'LayoutError', 'ArchiveError',
+           'DownloadError', 'shown', 'read_text', 'decode_text', 'parse_annotations', 'class_names', 'names_of',
+           'check_image_size', 'open_checked', 'find_bad_images', 'to_rgb', 'archive_kind', 'extracted_from',
+           'extract_lock', 'check_extraction', 'wait_extracted', 'serve_early', 'open_image', 'Layout', 'scan',
+           'check_layout', 'make_subset', 'sample_path', 'tiny_stats']
 
 # %% ../nbs/02_data.ipynb #4781496e
 URL_TINY = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
@@ -103,10 +104,38 @@ def names_of(wnids, words_text) -> dict:
     cnt = Counter(names.values())
     return {w: n if cnt[n]==1 else f'{n} ({w})' for w,n in names.items()}
 
+# %% ../nbs/02_data.ipynb #a7c3e1f1
+MAX_PIXELS = 64_000_000   # an image above this many pixels is refused before it is decoded (a 64 px classifier needs none of them)
+
+def _size_problem(im, limit=None) -> str:
+    "Why the opened (not yet decoded) image `im` is too large, or None"
+    w,h = im.size
+    limit = ifnone(limit, MAX_PIXELS)
+    if w*h <= limit: return None
+    return (f"{w} x {h} px ({w*h/1e6:,.0f} megapixels) is above the limit of {limit/1e6:,.0f} megapixels "
+            f"(tiny_fastai.data.MAX_PIXELS); it was not decoded")
+
+def check_image_size(im, fn=None, limit:int=None):
+    "Raise a `LayoutError` naming `fn` if the opened image `im` has more than `limit` (default `MAX_PIXELS`) pixels, before its pixels are decoded"
+    p = _size_problem(im, limit)
+    if p: raise LayoutError(f"image {shown(ifnone(fn, getattr(im, 'filename', None) or 'image'))} is too large to decode: {p}; "
+                            "shrink it, or leave it out", bad=[] if fn is None else [fn])
+
+@contextmanager
+def open_checked(fn, name=None):
+    "`Image.open(fn)` (a file name or file object; `name` for messages), refused by `check_image_size` before decoding, without PIL's decompression-bomb warning"
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        im = Image.open(fn)
+    with im:
+        check_image_size(im, ifnone(name, fn if isinstance(fn, (str, os.PathLike)) else None))
+        yield im
+
+
 # %% ../nbs/02_data.ipynb #042f2c85
 def _decodes(fn):
     try:
-        with Image.open(fn) as im: im.convert('RGB').load()
+        with open_checked(fn) as im: im.convert('RGB').load()
         return True
     except Exception: return False
 
@@ -161,6 +190,23 @@ def extract_lock(dest, wait:bool=True):
         yield f
     finally: f.close()
 
+def _child_error(errors):
+    "The error the extracting process sent (it first sends None once the archive's members and the free space are checked), or None"
+    while errors is not None and not errors.empty():
+        e = errors.get()
+        if e is not None: return e
+    return None
+
+def check_extraction(path):
+    "Wait until the background extraction of the folder holding `path` has checked the archive's members and the free space (or ended), and raise its error if it failed; it goes on in the background"
+    path = Path(path)
+    for final,(p,owner,errors) in list(EXTRACTING.items()):
+        if p is None or os.getpid() != owner or final != path and final not in path.parents: continue
+        while p.is_alive() and errors.empty(): time.sleep(0.02)
+        if errors.empty(): p.join()
+        e = _child_error(errors)
+        if e is not None: p.join(); EXTRACTING.pop(final, None); raise e
+
 def wait_extracted(path) -> bool:
     "Wait for the background extraction of the folder holding `path`, if one runs; whether there was one (an error if it failed)"
     path = Path(path)
@@ -168,7 +214,8 @@ def wait_extracted(path) -> bool:
         if final != path and final not in path.parents: continue
         if p is not None and os.getpid() == owner:
             p.join(); EXTRACTING.pop(final, None)
-            if p.exitcode and not errors.empty(): raise errors.get()   # its own error: a damaged archive, not Tiny ImageNet ...
+            e = _child_error(errors)
+            if p.exitcode and e is not None: raise e   # its own error: a damaged archive, not Tiny ImageNet, a full disk ...
             ok = p.exitcode == 0
         else:   # another process's extraction (another rank's; a forked loader worker cannot join its parent's child)
             with extract_lock(final.parent): pass   # held by the extracting process until it ends, or dies
@@ -197,7 +244,8 @@ def open_image(fn) -> PILImage:
     if isinstance(fn, Image.Image): return PILImage(to_rgb(fn))   # already decoded (e.g. items of `test_dl`)
     if not isinstance(fn, (str, os.PathLike)): return PILImage.create(fn)   # tensors, arrays, bytes: as fastai does
     try:
-        with Image.open(_early(fn)) as im: return PILImage(to_rgb(im))
+        with open_checked(_early(fn), fn) as im: return PILImage(to_rgb(im))
+    except LayoutError: raise
     except Image.DecompressionBombError as e:
         raise LayoutError(f"image {shown(fn)} is larger than PIL's decompression-bomb limit ({e}); it is not a Tiny ImageNet image: "
                           "remove or shrink it, raise PIL.Image.MAX_IMAGE_PIXELS if it is meant to be there, or pass "

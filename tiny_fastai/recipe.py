@@ -10,7 +10,8 @@ import os, json, time, math, hashlib, subprocess
 from dataclasses import dataclass, field, fields, asdict, replace
 import tiny_fastai
 from .files import RunDir, atomic_save, check_out, lock_run, clean_leftovers
-from .data import sample_path
+from .data import sample_path, LayoutError, scan, find_bad_images, shown
+from .cache import files_fingerprint
 from .archive import get_tiny_imagenet
 from .loaders import tiny_dls, dls_size, resize_dls
 from .models import get_arch
@@ -120,17 +121,18 @@ class Results:
         return cls(**d)
 
 # %% ../nbs/15_recipe.ipynb #dbdec0e2
-def _last2(f) -> bytes:
-    "`folder/name` of the file `f`, as the bytes the OS gives (also a name that is not UTF-8); string operations: 110,000 `Path`s took 2 s"
-    d,name = os.path.split(os.fspath(f))
-    return os.fsencode(os.path.basename(d) + '/' + name)
+def _split_id(dl, root) -> str:
+    "What the images of the loader `dl` were read from: its array cache's source (`ArrayCache.source`), else the key of its files (under `root`)"
+    ds = dl.dataset
+    c = getattr(ds, 'cache', None)
+    if c is not None: src = c.source
+    else: src = f"files {files_fingerprint(root, ds.items, [int(y) for y in ds.tls[1]])}"
+    return f"{len(ds):,} images, {src}"
 
 def data_id(dls) -> str:
-    "A fingerprint of the images and classes of `dls`: a checkpoint trained on other data is not resumed on these"
-    h = hashlib.sha1('\n'.join(map(str, dls.vocab)).encode())
-    for ds in (dls.train_ds, dls.valid_ds):
-        h.update(b'\n'.join(sorted(_last2(f) for f in ds.items)))
-    return h.hexdigest()[:12]
+    "What identifies the images and classes of `dls` (the archive's SHA-256, or the names, sizes, change times and labels of the files): a checkpoint trained on other data is not resumed on these, and the refusal shows which part changed"
+    classes = hashlib.sha1('\n'.join(map(str, dls.vocab)).encode()).hexdigest()[:8]
+    return f"{len(dls.vocab)} classes {classes}; train: {_split_id(dls.train, dls.path)}; valid: {_split_id(dls.valid, dls.path)}"
 
 def results_table(res:Results) -> str:
     "A short markdown table of a run's results"
@@ -240,8 +242,17 @@ def train_recipe(preset='demo', opts:RunOptions=None, cbs=None, dls_kwargs:dict=
     return res
 
 # %% ../nbs/15_recipe.ipynb #d2b0e008
-def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True, seed:int=42, out=None) -> dict:
-    "Top-1/top-5 (plain and with `tta`) of the model in `model` (see `load_model`) on the val set of `data` (default: its own)"
+def _val_checked(path, skip_bad:bool) -> list:
+    "The val images of `path` that cannot be decoded, found before the evaluation (one line, not a traceback from inside it); an error unless `skip_bad`"
+    bad = find_bad_images([f for f,_ in scan(path).valid])
+    if bad and not skip_bad:
+        more = f" and {len(bad)-1} more" if len(bad) > 1 else ""
+        raise LayoutError(f"cannot decode val image {shown(bad[0])}{more}: evaluate scores every val image; remove or replace "
+                          "it, or pass skip_bad=True (--skip-bad) to score the model without them", bad=bad)
+    return bad
+
+def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True, seed:int=42, out=None, skip_bad:bool=False) -> dict:
+    "Top-1/top-5 (plain and with `tta`) of the model in `model` (see `load_model`) on the val set of `data` (default: its own; `skip_bad`: without its undecodable images)"
     if str(data) == '': raise PlanError("--data is empty: give a Tiny ImageNet folder, archive or URL (leave it out for the model's own)")
     if out is not False:   # where the pictures and results go is checked before anything is computed
         out = Path(ifnone(out, RunDir(Path(model) if Path(model).is_dir() else Path(model).parent).evaluate))
@@ -256,7 +267,8 @@ def evaluate_model(model, data=None, bs:int=128, num_workers:int=None, tta=True,
             raise PlanError(f"{model} was trained on {data}, which is not on this machine: give the data (--data)")
     path = get_tiny_imagenet(data)
     size = (dls_size(learn.dls) if learn is not None else m.size) or 64
-    dls = tiny_dls(path, size=size, bs=bs, num_workers=num_workers)   # any positive batch size: no training here
+    bad = _val_checked(path, skip_bad)
+    dls = tiny_dls(path, size=size, bs=bs, num_workers=num_workers, skip_bad=bool(bad))   # any positive batch size: no training here
     check_vocab(m, dls.vocab, what=f"the data at {path}", model=str(model))
     if learn is not None: learn.dls = dls
     else: learn = m.learner(dls)
