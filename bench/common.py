@@ -1,7 +1,10 @@
-"""What every benchmark script here shares: the machine it ran on and how busy it was.
+"""The harness every benchmark script here shares: the machine it ran on and how busy it was, the report it writes
+(`Report`: markdown and JSON, rewritten after every row, so a run cut short keeps what it measured), the training step
+it times (`train_step`, timed round-robin by `race`), the subset of Tiny ImageNet it trains on (`subset`), and the
+stock-fastai baseline (`stock_fastai`).
 
 The scripts import it as `from common import ...` (Python puts the script's folder, `bench/`, on the path)."""
-import os, platform, sys, tempfile
+import json, os, platform, statistics, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +23,74 @@ def machine() -> str:
     "One line naming the machine: CPU, cores, Python, torch"
     import torch
     return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+def command(script, argv=None) -> str:
+    "The command line that ran `script` (its `__file__`), as a reader would type it from the checkout"
+    return 'python ' + ' '.join([os.path.relpath(script, ROOT)] + list(argv if argv is not None else sys.argv[1:]))
+
+# ------------------------------------------------------------------ the report
+def _fmt(v): return f'{v:,.0f}' if isinstance(v, float) and abs(v) >= 100 else f'{v:.3g}' if isinstance(v, float) else str(v)
+
+class Report:
+    """Sections of rows, written to OUT/NAME.md (a markdown table per section under a header of `head`'s fields) and
+    OUT/NAME.json (`head`'s fields and `sections`), atomically, after every change"""
+    def __init__(self, out, name, **head):
+        self.out,self.name,self.sections = Path(out),name,{}
+        self.head = dict(head, machine=machine(), date=time.strftime('%Y-%m-%d %H:%M'), load_at_start=load(), status='running')
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.write()
+    def add(self, section, row): self.sections.setdefault(section, []).append(row); self.write()
+    def done(self, status='done', **kw): self.head.update(kw, status=status, load_at_end=load()); self.write()
+    def markdown(self) -> str:
+        md = [f'# {self.head.get("title", self.name)}', '', *[f'{k}: {v}  ' for k,v in self.head.items() if k != 'title']]
+        for s,rows in self.sections.items():
+            cols = list(dict.fromkeys(k for r in rows for k in r))
+            md += ['', f'## {s}', '', '| '+' | '.join(cols)+' |', '|'+'---|'*len(cols)]
+            md += ['| '+' | '.join(_fmt(r.get(c, '')) for c in cols)+' |' for r in rows]
+        return '\n'.join(md)+'\n'
+    def write(self):
+        for f,text in ((f'{self.name}.md', self.markdown()),
+                       (f'{self.name}.json', json.dumps(dict(**self.head, sections=self.sections), indent=1, default=str) + '\n')):
+            tmp = self.out/f'.{f}.tmp'; tmp.write_text(text); os.replace(tmp, self.out/f)
+
+# ------------------------------------------------------------------ the training step
+def _sync(dev):
+    import torch
+    if torch.device(dev).type == 'cuda': torch.cuda.synchronize(dev)
+
+def train_step(model, bs, size, dev, opt='sgd', compile=False, n_out=200):
+    """A training step of `model` (forward, label-smoothed loss, backward, `opt` as `tiny_learner` makes it) on one fixed
+    random batch already on `dev`: bf16 autocast and channels-last on a GPU, as the recipes train"""
+    import torch, torch.nn.functional as F
+    from tiny_fastai.learner import get_opt, wd_splitter
+    dev = torch.device(dev); gpu = dev.type == 'cuda'
+    model = model.to(dev).train()
+    if gpu: model = model.to(memory_format=torch.channels_last)
+    o = get_opt(opt, dev)(wd_splitter(model), lr=1e-3)
+    fwd = torch.compile(model) if compile else model
+    x = torch.randn(bs, 3, size, size, device=dev)
+    if gpu: x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, n_out, (bs,), device=dev)
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=gpu):
+            loss = F.cross_entropy(fwd(x), y, label_smoothing=0.1)
+        loss.backward(); o.step(); o.zero_grad()
+    return step
+
+def race_times(fns, steps, warmup, dev='cpu') -> dict:
+    "Seconds of each call of each function in `fns`, timed round-robin (so that outside load hits each alike), after `warmup` calls each"
+    for f in fns.values():
+        for _ in range(warmup): f()
+    times = {n: [] for n in fns}
+    for _ in range(steps):
+        for n,f in fns.items():
+            _sync(dev); t = time.perf_counter(); f(); _sync(dev)
+            times[n].append(time.perf_counter() - t)
+    return times
+
+def race(fns, steps, warmup, dev='cpu') -> dict:
+    "Median seconds per call of each function in `fns`, timed round-robin (`race_times`)"
+    return {n: statistics.median(t) for n,t in race_times(fns, steps, warmup, dev).items()}
 
 # ------------------------------------------------------------------ the data of the benchmarks: a subset of Tiny ImageNet
 QUICK_SUBSET = dict(classes=5, n_train=20, n_val=10)   # --quick: 100 train / 50 val images of the bundled sample, seconds per epoch on a CPU

@@ -8,13 +8,17 @@
 Prints one markdown table: top-1 on the 500 val images, the seconds of training (the epochs' times) and of the whole
 run, and the load average before and after each. Rows run one after another in one process, alternating if `--repeat`.
 
-    python bench/demo.py [--repeat 1] [--threads N]
-    python bench/demo.py --quick      # a test on a CPU, in seconds: 1 epoch per stage on 5 classes of the sample (100/50 images)
+With `--plans`, which stage plan the demo should use instead: `train_recipe('demo')` under each plan of `PLANS`, one
+after another, with top-1 (plain and TTA) and the seconds of each.
+
+    python bench/demo.py [--repeat 1] [--threads N] [--plans]
+    python bench/demo.py --quick [--plans]   # a test on a CPU, in seconds: 1 epoch per stage on 5 classes of the sample (100/50 images)
 """
 import argparse, os, sys, time, tempfile, warnings
+from dataclasses import asdict
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
-from common import load, machine, subset, stock_fastai, QUICK_SUBSET   # (and the checkout on the path)
+from common import command, load, machine, subset, stock_fastai, QUICK_SUBSET   # the shared harness (and the checkout on the path)
 import torch
 warnings.filterwarnings('ignore')
 from tiny_fastai.data import sample_path
@@ -30,16 +34,37 @@ def ours(out, seed=42, **kw):
     r = train_recipe('demo', out=out, seed=seed, restart=True, **kw)
     return dict(top1=r.top1, top1_tta=r.top1_tta, train_s=r.train_s)
 
+PLANS = [('32 px x 16, a cycle', dict(sizes=(32,), epochs=(16,), lrs=(1e-2,), sched='stages')),
+         ('32 px x 12 + 48 px x 3, one cycle', dict(sizes=(32,48), epochs=(12,3), lrs=(1e-2,), sched='one')),
+         ('24 px x 6 + 32 px x 10, one cycle (the demo)', dict(sizes=(24,32), epochs=(6,10), lrs=(1e-2,), sched='one')),
+         ('32 px x 16, one cycle', dict(sizes=(32,), epochs=(16,), lrs=(1e-2,), sched='one'))]
+
+def plans(out, quick, q):
+    "The demo under each plan of `PLANS` (1 epoch per stage if `quick`), one after another: one row each"
+    print('| plan | top-1 | TTA | training s | whole run s | load average before -> after |\n|---|---|---|---|---|---|')
+    rows = []
+    for i,(name,kw) in enumerate(PLANS):
+        if quick: kw = dict(kw, epochs=(1,)*len(kw['sizes']))
+        l0,t = load(),time.time()
+        r = train_recipe('demo', out=out/f'plan{i}', restart=True, **kw, **q)
+        rows.append(dict(asdict(r), plan=name, run_s=time.time()-t, load=f'{l0} -> {load()}'))
+        print(f"| {name} | {r.top1:.3f} | {r.top1_tta:.3f} | {r.train_s:.0f} | {time.time()-t:.0f} | {l0} -> {load()} |", flush=True)
+    return rows
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--repeat', type=int, default=1, help='rounds of all rows')
     p.add_argument('--threads', type=int, default=None, help='PyTorch threads for the stock rows (ours sets its own)')
     p.add_argument('--quick', action='store_true', help='a test on a CPU: 1 epoch per stage, 5 classes of the sample, 16 px stock rows')
     p.add_argument('--out', default=None, help='where the runs go (default: a temp folder)')
+    p.add_argument('--plans', action='store_true', help="which stage plan for the demo: each of PLANS instead of the rows against stock fastai")
     a = p.parse_args(argv)
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix='demo_bench_'))
     path = subset(dest=out/'data', tmp=out, **QUICK_SUBSET) if a.quick else sample_path()
     q = dict(data=path, epochs=(1,1), num_workers=0) if a.quick else {}
+    if a.plans:
+        print(f"{machine()}; `{command(__file__, argv)}`\n")
+        return plans(out, a.quick, {k: v for k,v in q.items() if k != 'epochs'})
     e32,e64,s64 = (1,1,16) if a.quick else (8,16,64)
     rows = []
     for k in range(a.repeat):

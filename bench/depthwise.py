@@ -14,16 +14,17 @@ On a GPU: bf16, channels-last, cuDNN autotuned, the whole run within `--budget-s
 is spent is listed as skipped). On a CPU, `--quick` runs in seconds. Markdown and JSON go to `--out` after every row.
 
 Usage: python bench/depthwise.py --out OUT [--quick] [--compile kernel|all] [--budget-s 60] [--archs ...] [--sizes 32 48 64]"""
-import argparse, json, statistics, sys, time, warnings
+import argparse, json, sys, time, warnings
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
-from common import ROOT, load, machine   # (and the checkout on the path)
+from common import ROOT, Report, command, load, race, train_step   # the shared harness (and the checkout on the path)
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from tiny_fastai.models import get_arch
 
 warnings.filterwarnings('ignore')
 ARCHS = ['dense', 'sep_fused', 'sep_fused_s', 'dense_wide']
+SPEED = '2. training images/s, fed from tensors on the device'   # bench/gpu.py's section of speeds
 # (channels, map size) of the depthwise convs of the separable stages (16 and 8 px at 64 px input), and of a stage
 # that `sep_fused` keeps dense (64 channels at 64 px), to show why
 SHAPES = [(384, 16), (256, 16), (768, 8), (64, 64)]
@@ -66,8 +67,9 @@ def measured_rows(root=ROOT/'bench'/'results', min_size=48):
     "The measured eager H200 training speeds (arch, size, images/s) at `min_size` px and above (below, steps are launch-bound)"
     rows = []
     for f in sorted(root.glob('h200-*/gpu_bench.json')):
-        rows += [(r['arch'], r['size'], r['ips']) for r in json.loads(f.read_text())['steps']['speed']['rows']
-                 if r.get('ips') and r['size'] >= min_size]
+        d = json.loads(f.read_text())   # bench/gpu.py's report: its speed rows (before 2026-12-07: under steps/speed/rows)
+        speed = d['steps']['speed']['rows'] if 'steps' in d else d['sections'].get(SPEED, [])
+        rows += [(r['arch'], r['size'], r['ips']) for r in speed if r.get('ips') and r['size'] >= min_size and (r.get('variant') or 'autotuned').startswith('autotuned')]
     return rows
 
 def fit_cost(rows, terms):
@@ -75,37 +77,7 @@ def fit_cost(rows, terms):
     X,y = np.array([terms[(a, s)] for a,s,_ in rows]),np.array([1e6/ips for *_,ips in rows])
     return np.linalg.lstsq(X, y, rcond=None)[0], X, y
 
-# ------------------------------------------------------------------ timing
-def _sync(dev):
-    if dev.type == 'cuda': torch.cuda.synchronize(dev)
-
-def race(fns, steps, warmup, dev):
-    "Median seconds per call of each function in `fns`, timed round-robin (so that outside load hits each alike)"
-    for f in fns.values():
-        for _ in range(warmup): f()
-    times = {n: [] for n in fns}
-    for _ in range(steps):
-        for n,f in fns.items():
-            _sync(dev); t = time.perf_counter(); f(); _sync(dev)
-            times[n].append(time.perf_counter() - t)
-    return {n: statistics.median(t) for n,t in times.items()}
-
-def train_step(model, bs, size, dev, compile=False):
-    "A training step of `model` on one fixed batch: bf16 autocast and channels-last on a GPU, Nesterov SGD, label smoothing"
-    gpu = dev.type == 'cuda'
-    model = model.to(dev).train()
-    if gpu: model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, **(dict(fused=True) if gpu else {}))
-    fwd = torch.compile(model) if compile else model
-    x = torch.randn(bs, 3, size, size, device=dev)
-    if gpu: x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 200, (bs,), device=dev)
-    def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=gpu):
-            loss = F.cross_entropy(fwd(x), y, label_smoothing=0.1)
-        loss.backward(); opt.step(); opt.zero_grad()
-    return step
-
+# ------------------------------------------------------------------ timing (the training step and `race` are common.py's)
 def kernel_fns(c, h, bs, dev, compile=False):
     "Forward + backward closures for each way of computing a 3x3 conv with `c` channels on `h`x`h` maps"
     dt = torch.bfloat16 if dev.type == 'cuda' else torch.float32
@@ -127,24 +99,6 @@ def kernel_fns(c, h, bs, dev, compile=False):
 
 KERNEL_OUT = {'depthwise x2 multiplier': 2}   # output channels as a multiple of c
 KERNEL_MACS = {'dense 3x3': lambda c: 9*c}    # multiply-adds per output element (9 for every depthwise variant)
-
-# ------------------------------------------------------------------ the report
-class Report:
-    "Sections of markdown tables and the same rows as JSON, written to `out` after every change"
-    def __init__(self, out, head):
-        self.out,self.head,self.sections = Path(out),head,{}
-        self.out.mkdir(parents=True, exist_ok=True)
-    def add(self, section, row): self.sections.setdefault(section, []).append(row); self.write()
-    def write(self):
-        md = [f'# {self.head["title"]}', '', *[f'{k}: {v}' for k,v in self.head.items() if k != 'title']]
-        for s,rows in self.sections.items():
-            cols = list(dict.fromkeys(k for r in rows for k in r))
-            md += ['', f'## {s}', '', '| '+' | '.join(cols)+' |', '|'+'---|'*len(cols)]
-            md += ['| '+' | '.join(_fmt(r.get(c, '')) for c in cols)+' |' for r in rows]
-        (self.out/'depthwise.md').write_text('\n'.join(md)+'\n')
-        (self.out/'depthwise.json').write_text(json.dumps(dict(**self.head, sections=self.sections), indent=1))
-
-def _fmt(v): return f'{v:,.0f}' if isinstance(v, float) and abs(v) >= 100 else f'{v:.3g}' if isinstance(v, float) else str(v)
 
 # ------------------------------------------------------------------ the three steps
 COST, PRESETS, KERNEL = '1. cost model (H200 estimate)', '2. presets: training images/s', '3. depthwise kernel: forward + backward'
@@ -180,7 +134,7 @@ def preset_step(rep, archs, sizes, bs, steps, warmup, dev, compile, deadline):
                 rep.add(PRESETS, dict(size=s, variant=variant, note='skipped: the share of the budget was spent')); continue
             torch.manual_seed(0)
             t = time.perf_counter()
-            fns = {a: train_step(get_arch(a)(), bs, s, dev, variant == 'compiled') for a in archs}
+            fns = {a: train_step(get_arch(a)(), bs, s, dev, compile=variant == 'compiled') for a in archs}
             sec = race(fns, steps, warmup, dev)
             ref = sec.get('dense', sec[archs[0]])
             for a in archs:
@@ -209,7 +163,8 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help='CPU smoke run: a tiny batch, one timed step, small shapes')
     p.add_argument('--compile', choices=['kernel', 'all'], help='add torch.compile rows: the compiled stencil (kernel), '
                    'and compiled training steps (all)')
-    p.add_argument('--budget-s', type=float, default=60)
+    p.add_argument('--budget-s', type=float, default=None, help='seconds for the timed steps (default 60; none with --quick: '
+                   'a test counts steps, not seconds)')
     p.add_argument('--archs', nargs='+', default=ARCHS)
     p.add_argument('--sizes', nargs='+', type=int, default=[32, 48, 64])
     p.add_argument('--bs', type=int, help='preset batch size (default 256 on a GPU, 16 on a CPU, 2 with --quick)')
@@ -224,15 +179,13 @@ def main(argv=None):
     bs = a.bs or (256 if gpu else 2 if a.quick else 16)
     steps = a.steps or (10 if gpu else 1 if a.quick else 5)
     kbs,shapes = (256, SHAPES) if gpu else (2, [(c//4, h) for c,h in SHAPES]) if a.quick else (16, SHAPES)
-    rep = Report(a.out, dict(title='Depthwise and separable presets: how fast', machine=machine(), device=str(dev),
-                              command='python bench/depthwise.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
-                              load_at_start=load(), date=time.strftime('%Y-%m-%d %H:%M')))
+    budget = a.budget_s if a.budget_s is not None else float('inf') if a.quick else 60.
+    rep = Report(a.out, 'depthwise', title='Depthwise and separable presets: how fast', device=str(dev), command=command(__file__, argv))
     cost_step(rep, a.archs, a.sizes)
-    left = a.budget_s - (time.perf_counter() - t0)
-    preset_step(rep, a.archs, a.sizes, bs, steps, 1, dev, a.compile == 'all', t0 + a.budget_s - 0.4*left)
-    kernel_step(rep, shapes, kbs, max(steps, 3), 1, dev, a.compile is not None, t0 + a.budget_s)
-    rep.head.update(status='done', elapsed_s=round(time.perf_counter() - t0, 1), load_at_end=load())
-    rep.write()
+    left = budget - (time.perf_counter() - t0)
+    preset_step(rep, a.archs, a.sizes, bs, steps, 1, dev, a.compile == 'all', t0 + budget - 0.4*left)
+    kernel_step(rep, shapes, kbs, max(steps, 3), 1, dev, a.compile is not None, t0 + budget)
+    rep.done(elapsed_s=round(time.perf_counter() - t0, 1))
     print((Path(a.out)/'depthwise.md').read_text())
     return rep
 

@@ -1,37 +1,21 @@
 """Images/second of a training step (forward + backward + SGD step) for each tiny_fastai preset and for fastai's
-xresnet18/xresnet34, all in one process, on whatever device is available (CPU here).
+xresnet18/xresnet34, all in one process, on whatever device is available (CPU here): `common.train_step`, timed
+round-robin (`common.race_times`) so that load from other processes hits every model alike.
 
-Usage: python bench/models.py [--size 64] [--bs 64] [--iters 5] [--warmup 2] [--archs tiny small ...] [--device cpu]
+Usage: python bench/models.py [--size 64] [--bs 64] [--iters 5] [--warmup 1] [--archs tiny small ...] [--device cpu]
        python bench/models.py --quick   (a test on a CPU, in seconds: tiny, small and xresnet18 at 16 px, batch 4, 2 steps)
 Prints a markdown table, the command line and the machine it ran on."""
-import argparse, os, platform, statistics, sys, time, warnings
+import argparse, os, statistics, sys, warnings
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # bench/common.py, also when imported by a test
-from common import cpu_model, load, machine   # (and the checkout on the path)
-import torch, torch.nn as nn
+from common import command, load, machine, race_times, train_step   # the shared harness (and the checkout on the path)
+import torch
 from fastai.vision.models.xresnet import xresnet18, xresnet34
 from tiny_fastai.models import ARCHS, count_macs
 
 warnings.filterwarnings('ignore')
 FASTAI = {'xresnet18 (fastai)': xresnet18, 'xresnet34 (fastai)': xresnet34}
 
-
-class Stepper:
-    "One model with its SGD optimizer and a fixed random batch; `__call__` times one training step"
-    def __init__(self, model, size, bs, device):
-        self.model,self.device = model.to(device).train(),device
-        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        self.x = torch.randn(bs, 3, size, size, device=device)
-        self.y = torch.randint(0, 200, (bs,), device=device)
-    def sync(self):
-        if self.device.type=='cuda': torch.cuda.synchronize()
-    def __call__(self):
-        self.sync(); t = time.perf_counter()
-        self.opt.zero_grad()
-        nn.functional.cross_entropy(self.model(self.x), self.y).backward()
-        self.opt.step()
-        self.sync()
-        return time.perf_counter()-t
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -44,28 +28,23 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help='a test on a CPU: tiny, small and xresnet18 at 16 px, batch 4, 1 warm-up + 2 timed steps')
     a = p.parse_args(argv)
     if a.quick: a.size,a.bs,a.iters,a.warmup,a.archs,a.device = 16,4,2,1,['tiny', 'small', 'xresnet18'],'cpu'
-    device,load0 = torch.device(a.device),os.getloadavg()[0]
-    steppers,stats = {},{}
+    device,load0 = torch.device(a.device),load()
+    steps,stats = {},{}
     for name in a.archs:
         f = ARCHS.get(name) or FASTAI.get(name) or FASTAI.get(f'{name} (fastai)')
         if f is None: p.error(f'unknown arch {name!r}; known: {[*ARCHS, *FASTAI]}')
         torch.manual_seed(0)
         m = f(n_out=200)
         stats[name] = sum(o.numel() for o in m.parameters()),count_macs(m, size=a.size)
-        steppers[name] = Stepper(m, a.size, a.bs, device)
-        for _ in range(a.warmup): steppers[name]()
-    # round-robin, so that load from other processes on a shared machine hits every model alike
-    times = {n: [] for n in steppers}
-    for i in range(a.iters):
-        for n,st in steppers.items(): times[n].append(st())
-        print(f'round {i+1}/{a.iters}: ' + ', '.join(f'{n} {a.bs/t[-1]:,.1f}' for n,t in times.items()), file=sys.stderr, flush=True)
+        steps[name] = train_step(m, a.bs, a.size, device)
+    times = race_times(steps, a.iters, a.warmup, device)
     rate = {n: a.bs/statistics.median(t) for n,t in times.items()}
     ref = next((n for n in rate if n.startswith('xresnet18')), None)
-    dev = torch.cuda.get_device_name(device) if device.type=='cuda' else f'CPU, {os.cpu_count()} cores (nproc), {cpu_model()}'
-    print(f'`python bench/models.py {" ".join(sys.argv[1:] if argv is None else argv)}`'.replace(' `', '`'))
-    print(f'\nMachine: {dev}; torch {torch.__version__}, {torch.get_num_threads()} threads; '
-          f'train step (forward + backward + SGD) at {a.size}px, batch {a.bs}, {a.warmup} warm-up + {a.iters} timed steps per model, '
-          f'round-robin; 1-min load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n')
+    dev = torch.cuda.get_device_name(device) if device.type=='cuda' else 'CPU'
+    print(f'`{command(__file__, argv)}`')
+    print(f'\nMachine: {dev}, {machine()}, {torch.get_num_threads()} threads; train step (forward + backward + SGD, '
+          f'`common.train_step`) at {a.size}px, batch {a.bs}, {a.warmup} warm-up + {a.iters} timed steps per model, '
+          f'round-robin; load average {load0} at the start, {load()} at the end\n')
     fmt = lambda v: f'{v:,.0f}' if v>=100 else f'{v:.1f}'
     print(f'| arch | params | MACs/image at {a.size}px | train images/s (median step) | best step |'
           + (' vs xresnet18 |' if ref else '') + '\n|---|---|---|---|---|' + ('---|' if ref else ''))

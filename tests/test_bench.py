@@ -1,5 +1,5 @@
 """bench/gpu.py on the CPU: the one-command GPU measurement runs every step end to end on the bundled sample in seconds
-(`--quick`), and leaves its figures in OUT whatever happens; every other script of bench/ (but depthwise.py, in test_bench_models.py)
+(`--quick`), and leaves its figures in OUT; every other script of bench/ (but depthwise.py, in test_bench_models.py)
 runs its `--quick` mode in seconds on the bundled sample and writes sane numbers."""
 import importlib.util, json, pytest
 from pathlib import Path
@@ -13,27 +13,29 @@ def _gpu_bench():
     return gb
 
 def test_gpu_bench_quick_on_cpu(tmp_path):
+    "Every step runs and is reported; the full recipe trains the epochs asked for (fixed epochs and steps: no time limit to run out)"
     out = tmp_path/'out'
-    _gpu_bench().main([str(sample_path()), '--out', str(out), '--quick', '--workers', '0', '--work-dir', str(tmp_path/'w')])
+    rep = _gpu_bench().main([str(sample_path()), '--out', str(out), '--quick', '--workers', '0', '--work-dir', str(tmp_path/'w')])
     d = json.loads((out/'gpu_bench.json').read_text())
-    assert d['status'] == 'done' and set(d['steps']) == {'data', 'speed', 'full', 'sprint', 'projection', 'compile'}
-    st = d['steps']
-    assert st['data']['n_train'] == 1000 and st['data']['n_valid'] == 500
-    assert all(r['ips'] > 0 for r in st['speed']['rows']) and all(r['ips'] > 0 for r in st['speed']['loader'])
-    fu = st['full']
-    assert 'error' not in fu and len(fu['clock']) == 4 and all(r['train_ips'] > 0 for r in fu['clock']) and 0 <= fu['top1'] <= 1
-    sp = st['sprint']
-    assert sp['scaled'] == (sp['epochs_run'] != sp['preset_epochs']) and all(n >= 1 for n in sp['epochs_run'])
-    assert len(sp['history']) == sum(sp['epochs_run']) and 0 <= sp['top1'] <= sp['top5'] <= 1 and sp['tta'] == 'flip'
-    assert json.loads((out/'sprint_results.json').read_text())['top1'] == sp['top1']
+    assert d['status'] == 'done' and 'full_error' not in d and d['sections'] == rep.sections
+    st = d['sections']
+    assert set(st) == {'1. data', '2. training images/s, fed from tensors on the device', '2b. the real loader alone',
+                       '3. the full recipe, end to end', '4. torch.compile'}
+    assert st['1. data'][0]['n_train'] == QUICK_TRAIN and st['1. data'][0]['n_valid'] == QUICK_VALID
+    speed = st['2. training images/s, fed from tensors on the device']
+    assert len(speed) == 3 and all(r['ips'] > 0 and r['params'] > 0 for r in speed)
+    assert [r['size'] for r in st['2b. the real loader alone']] == [16, 32] and all(r['ips'] > 0 for r in st['2b. the real loader alone'])
+    assert [(r['epoch'], r['size']) for r in st['3. the full recipe, end to end']] == [(1, 16), (2, 32)]
+    assert 0 <= d['full_top1'] <= 1 and d['full_projected_hours'] > 0 and d['full_projection'].startswith('40 x 16 px, 80 x 32 px: ')
     md = (out/'gpu_bench.md').read_text()
-    assert '## 3. the sprint preset' in md and 'skipped: no GPU' in md
+    assert '## 3. the full recipe, end to end' in md and 'compiled: skipped, no GPU' in md
 
-def test_scale_epochs_fits_the_budget():
-    gb = _gpu_bench()
-    assert gb.scale_epochs([10, 14, 16], [5, 5, 8], 1000) == [10, 14, 16]
-    e = gb.scale_epochs([10, 14, 16], [5, 5, 8], 200)
-    assert sum(n*c for n,c in zip(e, [5, 5, 8])) <= 200 and all(n >= 1 for n in e) and e[2] > e[0]
+def test_projected_hours():
+    "The last epoch at each size is the steady state, the first epoch's excess is paid once; a size that did not run says so"
+    h = [dict(size=32, time_s=40.), dict(size=32, time_s=10.), dict(size=64, time_s=50.), dict(size=64, time_s=20.)]
+    hours,how = _gpu_bench().projected_hours(h, [(32, 100), (64, 200)])
+    assert hours == round((100*10 + 200*20 + 30 + 30)/3600, 2) and 'compiling' in how
+    assert _gpu_bench().projected_hours(h, [(48, 1)]) == (None, 'no epoch ran at 48 px')
 
 
 # ---------------------------------------------------------------- every other script of bench/ in its --quick mode
@@ -95,14 +97,13 @@ def test_demo_quick(tmp_path):
         assert res.arch == arch and res.epochs == 2 and res.n_train == QUICK_TRAIN and res.n_valid == QUICK_VALID
 
 def test_demo_plans_quick(tmp_path):
-    "Each plan trains its own stage sizes and schedule, one epoch per stage"
-    dp = _bench('demo_plans')
-    rows = dp.main(['--quick', '--out', str(tmp_path)])
-    assert [r['plan'] for r in rows] == [n for n,_ in dp.PLANS]
-    for r,(_,kw) in zip(rows, dp.PLANS):
-        assert [s['size'] for s in r['stages']] == list(kw['sizes']) and [s['epochs'] for s in r['stages']] == [1]*len(kw['sizes'])
-        assert r['sched'] == kw['sched'] and r['n_train'] == QUICK_TRAIN and len(r['history']) == len(kw['sizes'])
-        assert 0 <= r['top1'] <= 1 and 0 <= r['top1_tta'] <= 1 and r['train_s'] > 0
+    "With --plans, each plan trains its own stage sizes, one epoch per stage"
+    dm = _bench('demo')
+    rows = dm.main(['--quick', '--plans', '--out', str(tmp_path)])
+    assert [r['plan'] for r in rows] == [n for n,_ in dm.PLANS]
+    for r,(_,kw) in zip(rows, dm.PLANS):
+        assert [h['size'] for h in r['history']] == list(kw['sizes'])
+        assert 0 <= r['top1'] <= 1 and 0 <= r['top1_tta'] <= 1 and r['run_s'] > 0
 
 def test_gpu_overhead_quick(tmp_path):
     "The four variants really differ: MixCut and EMA are on or off in the learner that trained, as the variant says"
@@ -114,18 +115,12 @@ def test_gpu_overhead_quick(tmp_path):
         assert r['size'] == 16 and r['train_ips'] > 0 and r['epoch_s'] > 0 and r['valid_s'] > 0
     assert json.loads((tmp_path/'o'/'gpu_overhead.json').read_text())['rows'] == rows
 
-def test_loaders_quick():
-    "Three batches of 32 at each size, resized to that size"
-    rows = _bench('loaders').main(['--quick'])
-    assert [r['size'] for r in rows] == [16, 32] and [r['px'] for r in rows] == [16, 32]
-    assert all(r['images'] == 3*32 and r['ips'] > 0 and r['n_train'] == 1000 and r['n_valid'] == 500 for r in rows)
-
-def test_loaders_fast_quick(tmp_path):
-    "Every loader path at every size: images/s and CPU time per image measured"
-    lf = _bench('loaders_fast')
-    res = lf.main(['--quick', '--cache-dir', str(tmp_path/'cache')])
-    assert set(res) == {(s, k) for s in (16, 32) for k in lf.PATHS}
-    assert all(ips > 0 and cpu_us > 0 for ips,cpu_us in res.values())
+def test_loaders_quick(tmp_path):
+    "Every loader path at every size: images/s, CPU time per image and the seconds to build the loaders measured"
+    lb = _bench('loaders')
+    res = lb.main(['--quick', '--cache-dir', str(tmp_path/'cache')])
+    assert set(res) == {(s, k) for s in (16, 32) for k in lb.PATHS}
+    assert all(ips > 0 and cpu_us > 0 and build_s > 0 for ips,cpu_us,build_s in res.values())
     assert any((tmp_path/'cache').iterdir())   # the fast path's arrays went where it was told
 
 def test_models_quick():
