@@ -52,3 +52,12 @@ def test_a_hanging_child_is_stopped_at_the_deadline_with_its_files_kept(tmp_path
     # the whole script's --deadline stops it too, whatever the run's budget
     d = hb.main([str(sample_path()), '--out', str(tmp_path/'o2'), '--quick', '--budget', '1h', '--deadline', '6', '--work-dir', str(tmp_path/'w2')])
     assert d['runs']['headline']['ended'] == 'stopped at the deadline' and d['script_s'] < 300
+
+def test_budget_bench_quick(tmp_path):
+    "bench/budget.py --quick: the CLI with a budget, timed from outside, its phases read back from results.json"
+    spec = importlib.util.spec_from_file_location('budget', ROOT/'bench'/'budget.py')
+    bb = importlib.util.module_from_spec(spec); spec.loader.exec_module(bb)
+    rep = bb.main(['--quick', '--out', str(tmp_path/'o')])
+    (r,) = rep.sections['runs']
+    assert r['exit'] == 0 and r['epochs'] and 0 <= r['top1'] <= 1 and r['wall_s'] > 0 and r['exit_s'] >= 0, r
+    assert r['timing_s'] > 0 and r['train_s'] > 0 and json.loads((tmp_path/'o'/'budget.json').read_text())['status'] == 'done'

@@ -471,6 +471,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'tiny_fastai.fit.StepTimer._mark': ('fit.html#steptimer._mark', 'tiny_fastai/fit.py'),
                                  'tiny_fastai.fit.StepTimer._sync': ('fit.html#steptimer._sync', 'tiny_fastai/fit.py'),
                                  'tiny_fastai.fit.StepTimer.after_batch': ('fit.html#steptimer.after_batch', 'tiny_fastai/fit.py'),
+                                 'tiny_fastai.fit.StepTimer.after_train': ('fit.html#steptimer.after_train', 'tiny_fastai/fit.py'),
+                                 'tiny_fastai.fit.StepTimer.after_validate': ('fit.html#steptimer.after_validate', 'tiny_fastai/fit.py'),
                                  'tiny_fastai.fit.StepTimer.before_train': ('fit.html#steptimer.before_train', 'tiny_fastai/fit.py'),
                                  'tiny_fastai.fit.StepTimer.before_validate': ('fit.html#steptimer.before_validate', 'tiny_fastai/fit.py'),
                                  'tiny_fastai.fit.StepTimer.per_batch': ('fit.html#steptimer.per_batch', 'tiny_fastai/fit.py'),

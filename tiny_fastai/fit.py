@@ -143,13 +143,13 @@ def _fit_stage(learn, i:int, done:int, rng, ended:bool, sched:str, pct_start:flo
 class StepTimer(TrialCallback):
     "Time `n` training and `n_valid` validation batches after `warmup` batches of each, then end the fit (a trial: see `time_steps`)"
     order = 99
-    def __init__(self, n:int=5, n_valid:int=3, warmup:int=2): store_attr(); self.times = {}
+    def __init__(self, n:int=5, n_valid:int=3, warmup:int=2): store_attr(); self.times,self.counts = {},{}
 
     def _sync(self):
         if self.dls.device is not None and torch.device(self.dls.device).type == 'cuda': torch.cuda.synchronize()
 
     def _mark(self, phase:str, key:str):
-        self._sync(); self.times.setdefault(phase, {})[key] = time.perf_counter()
+        self._sync(); self.times.setdefault(phase, {})[key] = time.perf_counter(); self.counts.setdefault(phase, {})[key] = self.i
 
     def before_train(self): self.i = 0; self._mark('train', 'start')
     def before_validate(self): self.i = 0; self._mark('valid', 'start')
@@ -161,16 +161,21 @@ class StepTimer(TrialCallback):
             self._mark(ph, 'end')
             if self.training: raise CancelTrainException()
             raise CancelFitException()
+    def after_train(self):
+        if 'end' not in self.times['train']: self._mark('train', 'end')      # a pass shorter than warm-up + n batches
+    def after_validate(self):
+        if 'end' not in self.times.get('valid', {}): self._mark('valid', 'end')
 
     def per_batch(self, phase:str) -> float:
-        "Seconds per batch of `phase` after the warm-up (in the steady state the slower of the loader and the model sets the pace)"
-        t,n = self.times.get(phase, {}),self.n if phase == 'train' else self.n_valid
-        return (t['end'] - t['warm'])/n if 'end' in t and 'warm' in t else float('nan')
+        "Seconds per batch of `phase` after the warm-up (the whole pass if it was shorter): the slower of the loader and the model"
+        t,c = self.times.get(phase, {}),self.counts.get(phase, {})
+        k = 'warm' if 'warm' in t and c['end'] > c['warm'] else 'start'
+        return (t['end'] - t[k])/(c['end'] - c[k]) if 'end' in t and c['end'] > c[k] else float('nan')
 
     def warmup_s(self, phase:str='train') -> float:
         "Seconds of the warm-up beyond its batches: the loader's start and (on a GPU) the compilation of the graph"
-        t = self.times.get(phase, {})
-        return max(0., t['warm'] - t['start'] - self.warmup*self.per_batch(phase)) if 'warm' in t else 0.
+        t,c = self.times.get(phase, {}),self.counts.get(phase, {})
+        return max(0., t['warm'] - t['start'] - c['warm']*self.per_batch(phase)) if 'warm' in t and c['end'] > c['warm'] else 0.
 
 # %% ../nbs/11_fit.ipynb #51a88e6a
 def time_steps(learn, size:int, n:int=10, n_valid:int=3, warmup:int=3) -> dict:
