@@ -2,8 +2,8 @@
 the budgeted sprint runs it, side by side on the same loader, model, batch size and image sizes.
 
 The model is near free (global average pool + a 1x1 conv to the classes), so what each row measures is the host's
-work per batch: the loader (the project's own array cache, `tiny_dls(..., cache=True)`, no augmentation, no workers:
-the same for every row), then what the loop adds. Each row trains `--epochs` epochs per round (the first is warm-up
+work per batch: the loader (the project's own array cache, `tiny_dls(..., cache=True)`, no augmentation, no workers, one
+PyTorch thread: the same for every row), then what the loop adds. Each row trains `--epochs` epochs per round (the first is warm-up
 and not counted); a row's figure is the train pass's wall time over its batches, median over `--rounds` rounds run in
 turn (bare, stock, project, ...). Validation is not timed.
 
@@ -118,6 +118,7 @@ def main(argv=None):
     l0 = load()
     dls0 = tiny_dls(path, size=sizes[0], bs=a.bs, cache=True, cache_dir=work/'cache', aug=None, num_workers=0, seed=0,
                     device=dev, verbose=False)
+    torch.set_num_threads(1)   # the model costs nothing: threads would only wait on each other on a shared machine
     ls, lr = 0.1, 0.4
     rows = {'bare PyTorch loop': bare_row(dls0, ls, lr), 'stock fastai Learner': stock_row(dls0, ls, lr, a.epochs),
             'project learner (sprint)': project_row(dls0, ls, lr, a.epochs)}
