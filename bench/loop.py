@@ -98,7 +98,7 @@ def main(argv=None):
     p.add_argument('--work-dir', default=None, help='where the subset and its cache are kept (default: a temp folder)')
     p.add_argument('--out', default='runs/loop')
     p.add_argument('--sizes', default='8,32'); p.add_argument('--bs', type=int, default=512)
-    p.add_argument('--classes', type=int, default=200); p.add_argument('--n-train', type=int, default=128)
+    p.add_argument('--classes', type=int, default=100); p.add_argument('--n-train', type=int, default=256)
     p.add_argument('--epochs', type=int, default=3, help='per round and row; the first is warm-up')
     p.add_argument('--rounds', type=int, default=3)
     p.add_argument('--fastai-sched', action='store_true', help="also a row of the project's learner with fastai's ParamScheduler")
