@@ -5,7 +5,8 @@ The model is near free (global average pool + a 1x1 conv to the classes), so wha
 work per batch: the loader (the project's own array cache, `tiny_dls(..., cache=True)`, no augmentation, no workers, one
 PyTorch thread: the same for every row), then what the loop adds. Each row trains `--epochs` epochs per round (the first is warm-up
 and not counted); a row's figure is the train pass's wall time over its batches, median over `--rounds` rounds run in
-turn (bare, stock, project, ...). Validation is not timed.
+turn (bare, stock, project, ...), and its cost over the bare loop the median of its differences to the bare loop of
+the same round. Validation is not timed.
 
 - `bare`: `for x,y in dls.train:` (as plain tensors) `F.cross_entropy(model(x), y, label_smoothing=ls); backward; SGD step; zero_grad`;
 - `stock fastai`: `Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(), opt_func=SGD, metrics=[accuracy,
@@ -132,11 +133,13 @@ def main(argv=None):
                 t, n = sum(t for t, _ in passes[1:]), sum(n for _, n in passes[1:])
                 ms[(k, s)].append(1e3*t/n)
     med = {ks: statistics.median(v) for ks, v in ms.items()}
+    bare = 'bare PyTorch loop'
+    over = {(k, s): statistics.median(a - b for a, b in zip(ms[(k, s)], ms[(bare, s)])) for k, s in ms}   # paired by round
     res = dict(machine=machine(), device=str(dev), load=f"{l0} -> {load()}", bs=a.bs, sizes=sizes, rounds=a.rounds,
                epochs=a.epochs, batches_per_epoch=len(dls0.train), train_images=len(dls0.train_ds),
                command='python bench/loop.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
                rows=[dict(variant=k, **{f'ms_{s}px': round(med[(k, s)], 3) for s in sizes},
-                          **{f'over_bare_{s}px': round(med[(k, s)] - med[('bare PyTorch loop', s)], 3) for s in sizes},
+                          **{f'over_bare_{s}px': round(over[(k, s)], 3) for s in sizes},
                           **{f'rounds_{s}px': [round(v, 3) for v in ms[(k, s)]] for s in sizes}) for k in rows])
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     (out/'loop.json').write_text(json.dumps(res, indent=1) + '\n')

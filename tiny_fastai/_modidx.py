@@ -505,6 +505,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'tiny_fastai.learner.SmoothCrossEntropy.decodes': ( 'learner.html#smoothcrossentropy.decodes',
                                                                                          'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.TinyLearner': ('learner.html#tinylearner', 'tiny_fastai/learner.py'),
+                                     'tiny_fastai.learner.TinyLearner.__call__': ( 'learner.html#tinylearner.__call__',
+                                                                                   'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.TinyLearner.__getstate__': ( 'learner.html#tinylearner.__getstate__',
                                                                                        'tiny_fastai/learner.py'),
                                      'tiny_fastai.learner.TinyLearner._call_one': ( 'learner.html#tinylearner._call_one',

@@ -80,6 +80,11 @@ class TinyLearner(Learner):
         if by is None or by[0] is not self.cbs or by[1] != len(self.cbs): by = self._dispatch_table()
         return by[2].get(event_name)
 
+    def __call__(self, event_name):
+        if isinstance(event_name, str): self._call_one(event_name)   # fastai makes an `L` of it for every event
+        else:
+            for e in event_name: self._call_one(e)
+
     def _call_one(self, event_name):
         cbs = self.ordered_cbs(event_name)
         if cbs is None: return super()._call_one(event_name)   # not an event: fastai's error
@@ -97,7 +102,7 @@ class TinyLearner(Learner):
     def remove_cb(self, cb):
         self.__dict__['_by_event'] = None
         return super().remove_cb(cb)
-    def __getstate__(self): return {k: v for k,v in self.__dict__.items() if k != '_by_event'}
+    def __getstate__(self): return {k: v for k,v in super().__getstate__().items() if k != '_by_event'}
 
 # %% ../nbs/10_learner.ipynb #915ceb2c
 @delegates(Learner.__init__)
