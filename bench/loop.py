@@ -1,64 +1,158 @@
-"""The training loop's cost per batch on the host: fastai's loop (with this package's callbacks) against the bare step.
+"""The training loop's host cost per batch: a bare PyTorch loop, stock fastai's `Learner` and this package's learner as
+the budgeted sprint runs it, side by side on the same loader, model, batch size and image sizes.
 
-Rows, measured in turn for `--rounds` rounds (medians reported), on the same model, batch size and image size:
-- `bare step`: forward, loss, backward and the optimizer's step on one batch already in memory (plain tensors);
-- `fit loop`: `time_steps` (a trial fit through fastai's loop: the loader, every callback, the recorder) as `tiny_learner` builds it;
-- `fit loop, fastai tensor subclasses`: the same without `PlainTensors` (the model gets fastai's `TensorImage`).
-The difference between a loop row and the bare step is what the loop adds per batch on the host. Augmentation is
-off (`aug=None`) so that the data path is the array cache's reading and the batch transforms only.
+The model is near free (global average pool + a 1x1 conv to the classes), so what each row measures is the host's
+work per batch: the loader (the project's own array cache, `tiny_dls(..., cache=True)`, no augmentation, no workers, one
+PyTorch thread: the same for every row), then what the loop adds. Each row trains `--epochs` epochs per round (the first is warm-up
+and not counted); a row's figure is the CPU time of this process in the train passes over their batches (wall time is
+shown too: on a shared machine it follows the load, the CPU time much less), median over `--rounds` rounds run in
+turn (bare, stock, project, ...), and its cost over the bare loop the median of its differences to the bare loop of
+the same round. Validation is not timed.
 
-Usage: python bench/loop.py --out OUT [--arch tiny] [--size 32] [--bs 64] [--rounds 3]; `--quick` for a test."""
-import argparse, json, os, statistics, sys, tempfile, time
+- `bare`: `for x,y in dls.train:` (as plain tensors) `F.cross_entropy(model(x), y, label_smoothing=ls); backward; SGD step; zero_grad`;
+- `stock fastai`: `Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(), opt_func=SGD, metrics=[accuracy,
+  top_k_accuracy])`, `fit_one_cycle` (without its progress bar, which prints in a terminal);
+- `project`: `tiny_learner` with the sprint's settings (opt sgd, weight decay on conv weights only, label smoothing 0.1,
+  checkpoint at the fit's end only, NaN guard, plain progress lines, validation at the stage's end only) and the
+  one-cycle-across-stages schedule of `progressive_fit(sched='one')` through `ScheduleTable(cycle_slice(...))`;
+- `project, fastai ParamScheduler` (with `--fastai-sched`): the same with fastai's `ParamScheduler`.
+
+Usage: python bench/loop.py --data path/to/tiny-imagenet-200.tar.gz [--sizes 8,32] [--bs 512] [--rounds 3] [--out OUT]
+       python bench/loop.py --quick   (a test on the CPU, in seconds: the bundled sample at batch 16)"""
+import argparse, json, statistics, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, load
+from common import machine, load, subset
 
+
+def free_model(n_out:int):
+    "Global average pool + a 1x1 conv: a model whose forward and backward cost next to nothing"
+    from torch import nn
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, n_out, 1), nn.Flatten())
+
+def _sync(dev):
+    import torch
+    if dev.type == 'cuda': torch.cuda.synchronize(dev)
+
+def bare_row(dls, ls:float, lr:float):
+    "A function that trains one epoch of the bare loop and returns (seconds, batches)"
+    import torch, torch.nn.functional as F
+    model = free_model(len(dls.vocab)).to(dls.device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    def epoch(dls):
+        model.train(); n = 0
+        t, c = time.perf_counter(), time.process_time()
+        for x,y in dls.train:
+            x,y = x.as_subclass(torch.Tensor),y.as_subclass(torch.Tensor)   # fastai's types dispatch every op
+            loss = F.cross_entropy(model(x), y, label_smoothing=ls)
+            loss.backward(); opt.step(); opt.zero_grad(); n += 1
+        _sync(dls.device)
+        return time.perf_counter() - t, time.process_time() - c, n
+    return epoch
+
+def _pass_timer():
+    "A callback that records each train pass's seconds and batches"
+    from fastai.vision.all import Callback
+    class PassTimer(Callback):
+        order = -100
+        def __init__(self): self.rows = []
+        def before_train(self): self.t,self.c = time.perf_counter(),time.process_time()
+        def after_train(self):
+            _sync(self.dls.device); self.rows.append((time.perf_counter() - self.t, time.process_time() - self.c, self.n_iter))
+    return PassTimer()
+
+def stock_row(dls, ls:float, lr:float, epochs:int):
+    "A function that fits stock fastai's `Learner` for `epochs` and returns its train passes' (seconds, batches)"
+    from fastai.vision.all import Learner, LabelSmoothingCrossEntropyFlat, SGD, accuracy, top_k_accuracy
+    learn = Learner(dls, free_model(len(dls.vocab)), loss_func=LabelSmoothingCrossEntropyFlat(eps=ls), opt_func=SGD,
+                    metrics=[accuracy, top_k_accuracy], wd=5e-4)
+    def fit(dls):
+        learn.dls, timer = dls, _pass_timer()
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr, cbs=timer)
+        return timer.rows
+    return fit
+
+def project_row(dls, ls:float, lr:float, epochs:int, fastai_sched:bool=False):
+    "A function that fits the project's learner as the budgeted sprint runs a stage, and returns its train passes"
+    import contextlib, io
+    from fastai.vision.all import ParamScheduler
+    from tiny_fastai.learner import tiny_learner
+    from tiny_fastai.fit import cycle_slice
+    from tiny_fastai.callbacks import ValidEvery
+    sched_cls = ParamScheduler
+    try: from tiny_fastai.callbacks import ScheduleTable
+    except ImportError: ScheduleTable = None
+    if not fastai_sched and ScheduleTable is not None: sched_cls = ScheduleTable
+    with contextlib.redirect_stdout(io.StringIO()):
+        learn = tiny_learner(dls, 'tiny', opt='sgd', ls=ls, wd=5e-4, path=Path(tempfile.mkdtemp(prefix='loop-bench-')),
+                             ckpt_every=float('inf'))   # as `train_recipe` with a budget: checkpoints at stage ends
+    learn.model, learn.opt = free_model(len(dls.vocab)).to(dls.device), None
+    def fit(dls):
+        learn.dls, timer = dls, _pass_timer()
+        sched = sched_cls(cycle_slice(lr, 0., 1., pct_start=0.15))   # `_fit_stage` with sched='one', one stage
+        with contextlib.redirect_stdout(io.StringIO()):   # the progress lines
+            learn.fit(epochs, cbs=[sched, timer, ValidEvery(10**9)])
+        return timer.rows
+    return fit
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--data', help='Tiny ImageNet (archive or folder); a subset of --classes x --n-train images is made from it')
+    p.add_argument('--work-dir', default=None, help='where the subset and its cache are kept (default: a temp folder)')
     p.add_argument('--out', default='runs/loop')
-    p.add_argument('--arch', default='tiny'); p.add_argument('--size', type=int, default=32); p.add_argument('--bs', type=int, default=64)
-    p.add_argument('--rounds', type=int, default=3); p.add_argument('--batches', type=int, default=12)
-    p.add_argument('--quick', action='store_true')
+    p.add_argument('--sizes', default='8,32'); p.add_argument('--bs', type=int, default=512)
+    p.add_argument('--classes', type=int, default=100); p.add_argument('--n-train', type=int, default=256)
+    p.add_argument('--epochs', type=int, default=3, help='per round and row; the first is warm-up')
+    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--fastai-sched', action='store_true', help="also a row of the project's learner with fastai's ParamScheduler")
+    p.add_argument('--device', default=None, help='cpu or cuda (default: cuda when there is one)')
+    p.add_argument('--quick', action='store_true', help='a test on the CPU: the bundled sample, batch 16, 8 and 16 px, one round')
     a = p.parse_args(argv)
-    if a.quick: a.rounds, a.batches, a.size, a.bs = 1, 3, 16, 16
     import torch
+    from tiny_fastai.core import get_device
     from tiny_fastai.data import sample_path
-    from tiny_fastai.loaders import tiny_dls
-    from tiny_fastai.learner import tiny_learner
-    from tiny_fastai.fit import time_steps
-    from tiny_fastai.callbacks import PlainTensors
-    torch.set_num_threads(1)
+    from tiny_fastai.loaders import tiny_dls, resize_dls
+    work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix='loop-bench-'))
+    if a.quick: path, a.sizes, a.bs, a.rounds, a.epochs = sample_path(), '8,16', 16, 1, 2
+    elif a.data is None: p.error('give --data (the Tiny ImageNet archive or folder), or --quick')
+    else: path = subset(a.data, dest=work/f'subset{a.classes}x{a.n_train}', classes=a.classes, n_train=a.n_train, n_val=10, tmp=work)
+    sizes = [int(s) for s in a.sizes.split(',')]
+    dev = get_device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     l0 = load()
-    dls = tiny_dls(sample_path(), size=a.size, bs=a.bs, num_workers=0, cache=True, aug=None, seed=0, verbose=False)
-    learn = tiny_learner(dls, a.arch, path=Path(tempfile.mkdtemp()), ckpt_every=float('inf'))
-    torch.set_num_threads(1)
-    x, y = [t.as_subclass(torch.Tensor) for t in dls.train.one_batch()]
-    if learn.opt is None: learn.create_opt()
-    def bare():
-        learn.model.train()
-        for i in range(2 + a.batches):
-            if i == 2: t = time.perf_counter()
-            loss = learn.loss_func(learn.model(x), y); loss.backward(); learn.opt.step(); learn.opt.zero_grad()
-        return (time.perf_counter() - t)/a.batches
-    def loop(plain=True):
-        pt = [c for c in learn.cbs if isinstance(c, PlainTensors)]
-        if not plain: learn.remove_cbs(pt)
-        try: return time_steps(learn, a.size, n=a.batches, n_valid=1, warmup=2)['batch_s']
-        finally:
-            if not plain: learn.add_cbs(pt)
-    rows = {'bare step': [], 'fit loop': [], 'fit loop, fastai tensor subclasses': []}
-    for _ in range(a.rounds):
-        rows['bare step'].append(bare()); rows['fit loop'].append(loop(True)); rows['fit loop, fastai tensor subclasses'].append(loop(False))
-    med = {k: statistics.median(v) for k, v in rows.items()}
-    res = dict(machine=machine(), load=f"{l0} -> {load()}", arch=a.arch, size=a.size, bs=a.bs, rounds=a.rounds, batches=a.batches,
-               rows=[dict(variant=k, ms_per_batch=round(1e3*v, 2), host_ms_over_bare=round(1e3*(v - med['bare step']), 2))
-                     for k, v in med.items()])
+    dls0 = tiny_dls(path, size=sizes[0], bs=a.bs, cache=True, cache_dir=work/'cache', aug=None, num_workers=0, seed=0,
+                    device=dev, verbose=False)
+    torch.set_num_threads(1)   # the model costs nothing: threads would only wait on each other on a shared machine
+    ls, lr = 0.1, 0.4
+    rows = {'bare PyTorch loop': bare_row(dls0, ls, lr), 'stock fastai Learner': stock_row(dls0, ls, lr, a.epochs),
+            'project learner (sprint)': project_row(dls0, ls, lr, a.epochs)}
+    if a.fastai_sched: rows["project learner, fastai's ParamScheduler"] = project_row(dls0, ls, lr, a.epochs, fastai_sched=True)
+    ms, wall = {(k, s): [] for k in rows for s in sizes}, {(k, s): [] for k in rows for s in sizes}
+    for s in sizes:
+        dls = resize_dls(dls0, s)
+        for _ in range(a.rounds):
+            for k, f in rows.items():
+                passes = [f(dls) for _ in range(a.epochs)] if k.startswith('bare') else f(dls)
+                t, c, n = (sum(p[i] for p in passes[1:]) for i in range(3))
+                ms[(k, s)].append(1e3*c/n); wall[(k, s)].append(1e3*t/n)
+    med = {ks: statistics.median(v) for ks, v in ms.items()}
+    bare = 'bare PyTorch loop'
+    over = {(k, s): statistics.median(a - b for a, b in zip(ms[(k, s)], ms[(bare, s)])) for k, s in ms}   # paired by round
+    res = dict(machine=machine(), device=str(dev), load=f"{l0} -> {load()}", bs=a.bs, sizes=sizes, rounds=a.rounds,
+               epochs=a.epochs, batches_per_epoch=len(dls0.train), train_images=len(dls0.train_ds),
+               command='python bench/loop.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+               rows=[dict(variant=k, **{f'ms_{s}px': round(med[(k, s)], 3) for s in sizes},
+                          **{f'over_bare_{s}px': round(over[(k, s)], 3) for s in sizes},
+                          **{f'rounds_{s}px': [round(v, 3) for v in ms[(k, s)]] for s in sizes},
+                          **{f'wall_ms_{s}px': round(statistics.median(wall[(k, s)]), 3) for s in sizes}) for k in rows])
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     (out/'loop.json').write_text(json.dumps(res, indent=1) + '\n')
-    md = [f"Machine: {res['machine']}; load average {res['load']}; {a.arch} at {a.size} px, batch {a.bs}, median of {a.rounds} round(s) of {a.batches} batches",
-          "", "| variant | ms per batch | ms over the bare step |", "|---|---|---|"]
-    md += [f"| {r['variant']} | {r['ms_per_batch']} | {r['host_ms_over_bare']} |" for r in res['rows']]
+    md = [f"Host CPU ms per batch of {a.bs} ({res['train_images']:,} train images, {res['batches_per_epoch']} batches an epoch), "
+          f"median of {a.rounds} round(s) of {a.epochs-1} timed epoch(s); {res['machine']}; device {dev}; load average {res['load']}",
+          f"Command: `{res['command']}`", "",
+          "| loop | " + ' | '.join(f'CPU ms/batch at {s} px | over bare at {s} px | wall ms/batch at {s} px' for s in sizes) + " |",
+          "|---|" + '---|---|---|'*len(sizes)]
+    md += [f"| {r['variant']} | " + ' | '.join(f"{r[f'ms_{s}px']:.2f} | {r[f'over_bare_{s}px']:+.2f} | {r[f'wall_ms_{s}px']:.1f}" for s in sizes) + ' |'
+           for r in res['rows']]
     (out/'loop.md').write_text('\n'.join(md) + '\n'); print('\n'.join(md))
     return res
 

@@ -1,4 +1,5 @@
-"""bench/loop.py --quick: the loop-versus-bare-step measurement runs on the CPU and writes its three rows."""
+"""bench/loop.py --quick: the host-overhead measurement (bare loop, stock fastai, the project's learner) runs on the CPU
+and writes its rows; bench/quickstart.py --quick."""
 import importlib.util, json
 from pathlib import Path
 
@@ -7,11 +8,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_loop_bench_quick(tmp_path):
     spec = importlib.util.spec_from_file_location('loop_bench', ROOT/'bench'/'loop.py')
     lb = importlib.util.module_from_spec(spec); spec.loader.exec_module(lb)
-    res = lb.main(['--quick', '--out', str(tmp_path)])
+    res = lb.main(['--quick', '--out', str(tmp_path), '--fastai-sched'])
     rows = {r['variant']: r for r in json.loads((tmp_path/'loop.json').read_text())['rows']}
-    assert set(rows) == {'bare step', 'fit loop', 'fit loop, fastai tensor subclasses'} and res['size'] == 16
-    assert all(r['ms_per_batch'] > 0 for r in rows.values()) and rows['bare step']['host_ms_over_bare'] == 0
-    assert '| fit loop |' in (tmp_path/'loop.md').read_text()
+    assert set(rows) == {'bare PyTorch loop', 'stock fastai Learner', 'project learner (sprint)',
+                         "project learner, fastai's ParamScheduler"} and res['sizes'] == [8, 16]
+    for r in rows.values():
+        assert all(r[f'ms_{s}px'] > 0 and len(r[f'rounds_{s}px']) == 1 for s in (8, 16))
+    assert rows['bare PyTorch loop']['over_bare_8px'] == 0 and res['machine'] and res['load']
+    assert '| project learner (sprint) |' in (tmp_path/'loop.md').read_text()
 
 
 def test_quickstart_bench_quick(tmp_path):

@@ -247,3 +247,80 @@ def test_one_cycle_finds_one_learning_rate(data, tmp_path, monkeypatch):
     assert len(calls) == 1 and learn.run_progress.lrs[0] == learn.run_progress.lrs[1]
     learn = tiny_learner(_dls(data, size=16, bs=8), 'tiny', path=tmp_path/'b')
     with pytest.raises(PlanError, match="sched 'one' runs one cycle"): progressive_fit(learn, [(16, 1, 1e-3), (32, 1, 2e-3)], sched='one')
+
+
+# ---------------------------------------------------------------- the loop's cost on the host
+
+def test_events_reach_only_the_callbacks_that_define_them(data, tmp_path, monkeypatch):
+    """tiny_learner's events go only to the callbacks that define them (fastai's `Learner` calls every callback for every
+    event); callbacks added for a fit, by lr_find or with add_cb are reached at once; `run` is still reset after a fit"""
+    from fastai.callback.core import Callback as CB
+    calls, real = [], CB.__call__
+    monkeypatch.setattr(CB, '__call__', lambda self, e: calls.append((type(self).__name__, e)) or real(self, e))
+    class Count(Callback):
+        def __init__(self): self.n = 0
+        def before_batch(self): self.n += 1
+    class Off(Callback):
+        def before_fit(self): self.run = False   # fastai puts it back to True after the fit
+        def before_batch(self): raise AssertionError('not run')
+    learn = tiny_learner(_dls(data), 'tiny', path=tmp_path, checkpoint=None, opt='sgd')
+    c, off = Count(), Off()
+    learn.add_cb(off)
+    learn.fit(1, 1e-3, cbs=c)
+    n_batches = len(learn.dls.train) + len(learn.dls.valid)
+    assert c.n == n_batches and off.run and c not in learn.cbs
+    per_batch = [n for n, e in calls if e in ('after_pred', 'after_loss', 'before_backward', 'after_backward', 'before_step', 'after_step')]
+    assert per_batch == [], set(per_batch)   # no callback of tiny_learner defines them: nobody is called
+    assert {n for n, e in calls if e == 'before_batch'} == {'CastToTensor', 'Count', 'Off'}
+    assert {n for n, e in calls if e == 'after_fit'} >= {'Count', 'Off', 'Recorder', 'NaNGuard'}   # every callback
+    learn.remove_cb(off); calls.clear()
+    learn.fit(1, 1e-3)
+    assert 'Off' not in {n for n, _ in calls} and 'Count' not in {n for n, _ in calls}
+    sug = learn.lr_find(num_it=5, show_plot=False)
+    assert len(learn.recorder.lrs) >= 2 and sug.valley > 0 and not hasattr(learn, 'lr_finder')
+    assert learn.ordered_cbs('before_batch') == [learn.cast_to_tensor]
+
+
+def test_smooth_cross_entropy_keeps_fastais_loss_api(data, tmp_path):
+    "The loss is F.cross_entropy(label_smoothing=...), equal to fastai's LabelSmoothingCrossEntropyFlat; get_preds with "
+    "decoded outputs and losses, predict and ClassificationInterpretation work as with fastai's"
+    from fastai.vision.all import LabelSmoothingCrossEntropyFlat, ClassificationInterpretation
+    from tiny_fastai.learner import SmoothCrossEntropy
+    x, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    assert torch.allclose(SmoothCrossEntropy(0.1)(x, y), LabelSmoothingCrossEntropyFlat(eps=0.1)(x, y), atol=1e-6)
+    learn = tiny_learner(_dls(data), 'tiny', path=tmp_path, checkpoint=None, mix='mixup')
+    assert isinstance(learn.loss_func, SmoothCrossEntropy) and learn.loss_func.eps == 0.1
+    learn.fit(1, 1e-3)
+    assert learn.loss_func.reduction == 'mean'   # MixUp put it back
+    p, t, d, l = learn.get_preds(with_decoded=True, with_loss=True)
+    assert torch.equal(d, p.argmax(1)) and l.shape == t.shape and torch.allclose(p.sum(1), torch.ones(len(p)))
+    cls, idx, probs = learn.predict(learn.dls.valid_ds.items[0])
+    assert cls in learn.dls.vocab and abs(float(probs.sum()) - 1) < 1e-5
+    ClassificationInterpretation.from_learner(learn).most_confused()
+
+
+def test_schedule_table_is_fastais_schedule(data, tmp_path):
+    "ScheduleTable gives the batches the learning rates and momenta fastai's ParamScheduler gives, also when resuming at an epoch"
+    from fastai.vision.all import ParamScheduler
+    from tiny_fastai.callbacks import ScheduleTable
+    got = {}
+    for cls in (ParamScheduler, ScheduleTable):
+        for start in (0, 1):
+            learn = tiny_learner(_dls(data), 'tiny', path=tmp_path/cls.__name__/str(start), checkpoint=None, opt='sgd')
+            learn.fit(3, start_epoch=start, cbs=cls(cycle_slice(0.1, 0.2, 0.9, pct_start=0.3)))
+            got[cls, start] = learn.recorder.hps, learn.recorder.lrs, [g['momentum'] for g in learn.opt.opt.param_groups]
+    for start in (0, 1):
+        (ha, la, ma), (hb, lb, mb) = got[ParamScheduler, start], got[ScheduleTable, start]
+        assert la == pytest.approx(lb, rel=1e-12) and ha['mom'] == pytest.approx(hb['mom'], rel=1e-12) and ma == mb
+        assert len(lb) == (3 - start)*len(_dls(data).train)
+
+
+def test_nan_found_from_the_smoothed_loss(data, tmp_path):
+    "NaNGuard reads the smoothed loss every `every` batches and at the epoch's end: a NaN at batch 2 is found at batch 4"
+    from tiny_fastai.callbacks import NaNGuard, NanLossError
+    class Poison(Callback):
+        def after_loss(self):
+            if self.training and self.iter >= 1: self.learn.loss_grad = self.learn.loss = self.loss_grad*float('nan')
+    learn = tiny_learner(_dls(data, bs=8), 'tiny', path=tmp_path, cbs=Poison())
+    learn.na_n_guard.every = 4
+    with pytest.raises(NanLossError, match=r'became nan in epoch 1 \(found at batch 4\).*no epoch had completed'): learn.fit(1, 1e-3)

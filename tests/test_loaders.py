@@ -400,25 +400,83 @@ def test_kept_workers(subset, tmp_path):
 
 
 def test_kept_workers_one_set_per_dataset(cache_dir):
-    "A loader of the same dataset that starts its workers (here the next size of `resize_dls`) ends the previous one's"
+    """The loaders of `resize_dls` keep the same workers (no new processes at a stage change); a loader of the same
+    dataset with other workers (here another batch size) ends them when it starts its own"""
     dls = tiny_dls(SAMPLE, bs=100, num_workers=1, aug=None, cache=True, cache_dir=cache_dir, verbose=False)
     first(dls.train); first(dls.valid)
     assert dls.train._workers is not None
     assert dls.valid.fake_l.num_workers == 0 and dls.valid._workers is None   # the val set is only indexed: no workers
+    pids = [p.pid for p in dls.train._workers._workers]
     r = resize_dls(dls, 32)
     assert r.cache_dir == cache_dir and r.train.fake_l.persistent_workers
     assert first(r.train)[0].shape == (100, 3, 32, 32)
-    assert dls.train._workers is None and r.train._workers is not None
-    r.train.close_workers()
+    assert r.train._workers is dls.train._workers and [p.pid for p in r.train._workers._workers] == pids
+    assert first(dls.train)[0].shape == (100, 3, 64, 64)   # the first size, from the same workers
+    other = dls.train.new(bs=50); first(other)
+    assert dls.train._workers is None and r.train._workers is None and other._workers is not None
+    other.close_workers()
+
+
+def test_workers_make_the_next_pass_ahead(subset, tmp_path):
+    """When a training pass ends, the kept workers already make the next one; the next pass takes those batches only if
+    it draws the same pass (here: yes after a plain epoch, no after `set_seed` or with the loader's RNG reseeded), and
+    gives what new workers give in every case"""
+    import random
+    dls = tiny_dls(subset, bs=10, num_workers=2, aug=0.5, seed=0, cache=True, cache_dir=tmp_path/'c', verbose=False)
+    def run(persistent):
+        set_seed(0); dl = dls.train.new(persistent_workers=persistent, after_batch=[])
+        out, ahead = [], []
+        for step in range(4):
+            if step == 2: set_seed(7)                    # the RNGs change between passes: the work ahead is dropped
+            if step == 3: dl.rng = random.Random(3)
+            out.append([(x.float().mean((1, 2, 3)), y) for x, y in dl])
+            ahead.append(dl._pool.ahead)
+        return out, ahead, torch.rand(1)
+    (kept, ahead, kr), (new, _, nr) = run(True), run(False)
+    assert ahead == [True]*4   # each pass ended with the workers started on the next one
+    for ek, en in zip(kept, new):
+        assert len(ek) == len(en) == 6
+        for (xk, yk), (xn, yn) in zip(ek, en): assert torch.equal(xk, xn) and torch.equal(yk, yn)
+    assert torch.equal(kr, nr)   # and PyTorch's RNG where fastai's loader leaves it
 
 
 def test_kept_workers_end_with_their_loader(cache_dir):
     "A dropped loader is garbage-collected and its kept workers end at once (PyTorch alone would wait 5 s for each)"
     dls = tiny_dls(SAMPLE, bs=100, num_workers=2, aug=None, cache=True, cache_dir=cache_dir, verbose=False)
-    dl = dls.train.new(); first(dl)
+    dl = dls.train.new(bs=50); first(dl)   # its own workers (another batch size)
     procs = list(dl._workers._workers); w = weakref.ref(dl); del dl
     t = time.perf_counter(); gc.collect()
     assert w() is None and time.perf_counter() - t < 3 and not any(p.is_alive() for p in procs)
+
+
+def test_plain_batch_transforms_equal_fastais_pipeline(sample_dls):
+    "`FastDL` runs `tiny_datablock`'s batch transforms as plain tensor ops: the same pixels and types as fastai's `Pipeline`"
+    f, _ = sample_dls
+    for size in (64, 24):
+        dl = resize_dls(f, size).train
+        raw = dl.cached_batch(dl.cache, np.arange(8))
+        x, y = dl._after_batch(raw)
+        fx, fy = dl.after_batch(raw)
+        assert type(x) is TensorImage and type(y) is TensorCategory and x.shape == (8, 3, size, size)
+        assert torch.equal(x, fx) and torch.equal(y, fy)
+        assert torch.equal(dl.decode((x, y))[0], dl.decode((fx, fy))[0])   # show_batch's decoding as well
+    odd = f.train.new(after_batch=[BatchResize(16)])   # another pipeline: fastai's
+    assert odd._after_batch(raw)[0].dtype == torch.uint8
+
+
+def test_data_info_survives_resize(tmp_path):
+    "What the loaders carry (`dls.info`: undecodable files, the cache folder) is kept by `resize_dls` and by `new_like`"
+    from tiny_fastai.loaders import DataInfo, TinyDataLoaders
+    sub = make_subset(SAMPLE, tmp_path/'sub', n_classes=3, n_train=20, n_val=10)
+    bad = sorted((sub/'train').rglob('*.JPEG'))[0]; bad.write_bytes(b'not an image')
+    with pytest.warns(UserWarning, match='skipped 1 undecodable'):
+        dls = tiny_dls(sub, num_workers=0, cache=True, cache_dir=tmp_path/'c', skip_bad=True, verbose=False)
+    assert isinstance(dls, TinyDataLoaders) and dls.info == DataInfo([bad], tmp_path/'c')
+    r = resize_dls(resize_dls(dls, 32), 16)
+    assert r.info is dls.info and r.bad_files == [bad] and r.cache_dir == tmp_path/'c'
+    assert r.train.array_cache is dls.train.array_cache and r.valid.cache is dls.valid.cache
+    plain = tiny_dls(sub, num_workers=0, skip_bad=True)
+    assert plain.info.bad_files == [bad] and plain.info.cache_dir is None
 
 
 def test_resize_show_batch_test_dl(sample_dls):

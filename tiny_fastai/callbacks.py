@@ -14,7 +14,7 @@ from .checkpoint import probing
 
 # %% auto #0
 __all__ = ['MIX_CALLBACKS', 'NanLossError', 'NaNGuard', 'DeviceSmoothLoss', 'ThrottledProgress', 'interactive_output',
-           'PlainProgress', 'MixCut', 'EMA', 'apply_ema', 'mix_callback', 'HFlip', 'PlainTensors', 'ValidEvery']
+           'PlainProgress', 'MixCut', 'EMA', 'apply_ema', 'mix_callback', 'HFlip', 'ValidEvery', 'ScheduleTable']
 
 # %% ../nbs/09_callbacks.ipynb #bdd356d2
 class NanLossError(RuntimeError):
@@ -22,26 +22,23 @@ class NanLossError(RuntimeError):
 
 # %% ../nbs/09_callbacks.ipynb #f219952c
 class NaNGuard(Callback):
-    "Cancel the fit when the training loss is not finite, then raise `NanLossError` naming the epoch and batch"
-    order,run_valid = 100,False
+    "Cancel the fit when the smoothed training loss is not finite (read every `every` batches and at each epoch's end), then raise `NanLossError`"
+    order,run_valid = 100,False   # after the `Recorder` (50) has smoothed the batch's loss
     def __init__(self, every:int=50): store_attr()
     def before_fit(self):
         self.run = not probing(self.learn)
         self.bad = None
-    def before_train(self): self.first,self.val = None,None
 
     def after_batch(self):
-        l = self.loss.detach().float().mean()
-        if self.first is None: self.first,self.val = torch.full((), -1, device=l.device),torch.zeros((), device=l.device)
-        new = ~torch.isfinite(l) & (self.first < 0)          # stays on the device: no host synchronisation
-        self.first,self.val = torch.where(new, self.iter, self.first),torch.where(new, l, self.val)
         if (self.iter+1) % self.every == 0: self._check()
-
     def after_train(self): self._check()
 
     def _check(self):
-        if self.first is None or int(self.first) < 0: return
-        self.bad = (self.epoch, int(self.first), float(self.val))
+        sl = getattr(getattr(self.learn, 'recorder', None), 'smooth_loss', None)
+        if sl is None or not torch.is_tensor(sl.val): return
+        v = float(sl.val)   # a NaN or infinite loss makes the moving average NaN (or infinite) for good
+        if math.isfinite(v): return
+        self.bad = (self.epoch, self.iter, v)
         raise CancelFitException()
 
     def after_fit(self):
@@ -55,7 +52,7 @@ class NaNGuard(Callback):
         if ck is None: kept = "no checkpoint is kept (no Checkpoint callback)"
         elif ck.file.exists(): kept = f"the checkpoint of the last good epoch ({p.epochs_done}) is kept in {ck.file}"
         else: kept = "no epoch had completed, so there is no checkpoint"
-        msg = (f"the training loss became {v} in {where}, batch {it+1}; training stopped and {kept}. "
+        msg = (f"the training loss became {v} in {where} (found at batch {it+1}); training stopped and {kept}. "
                "Lower the learning rate (e.g. --lr) and run the same command again to resume.")
         err = NanLossError(msg); err.msg = msg   # fastai prefixes errors raised in callbacks; `progressive_fit` removes it
         raise err
@@ -193,12 +190,6 @@ class HFlip(Callback):
     def before_batch(self): self.learn.xb = tuple(x.flip(-1) for x in self.xb)
 
 # %% ../nbs/09_callbacks.ipynb #d100a306
-class PlainTensors(Callback):
-    "Give the model plain `torch.Tensor` batches instead of fastai's tensor subclasses (no `__torch_function__` per op)"
-    order = 1
-    def before_batch(self):
-        self.learn.xb = tuple(x.as_subclass(Tensor) if isinstance(x, Tensor) and type(x) is not Tensor else x for x in self.xb)
-
 class ValidEvery(Callback):
     "In the epochs of a fit, validate only at the end of every `every`-th epoch and of the fit (None: every epoch)"
     order = 95
@@ -208,3 +199,19 @@ class ValidEvery(Callback):
     def before_validate(self):
         if self.every is None or not getattr(self, 'trained', False): return
         if not ((self.epoch+1) % self.every == 0 or self.epoch+1 >= self.n_epoch): raise CancelValidException()
+
+# %% ../nbs/09_callbacks.ipynb #6162b5b7
+class ScheduleTable(ParamScheduler):
+    "fastai's `ParamScheduler`, with the schedules of each epoch's batches evaluated once, before its first batch"
+    def before_train(self):
+        n,N = len(self.dl),self.n_epoch
+        self.table = {k: [f((self.epoch*n + i)/(n*N)) for i in range(n)] for k,f in self.scheds.items()}
+        self.groups = len(self.opt.param_lists)
+
+    def before_batch(self):
+        for k,vals in self.table.items():
+            v = vals[self.iter] if self.iter < len(vals) else self.scheds[k](self.pct_train)   # a loader longer than it said
+            self.opt._set_hyper(k, [v]*self.groups)   # what `set_hyper` ends with
+            self.hps[k].append(v)
+    def after_batch(self): pass   # recorded as set in `before_batch`
+

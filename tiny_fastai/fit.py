@@ -15,7 +15,7 @@ from .distrib import on_rank0, broadcast_object
 from .files import atomic_save
 from .plan import PlanError, MAX_EPOCHS, Stage, check_plan, check_sched, check_lrs
 from .checkpoint import TrialCallback, CheckpointError, read_checkpoint, load_checkpoint, rng_state, set_rng_state, plain
-from .callbacks import NanLossError, ValidEvery
+from .callbacks import NanLossError, ValidEvery, ScheduleTable
 from .learner import is_oom
 
 # %% auto #0
@@ -134,7 +134,7 @@ def _fit_stage(learn, i:int, done:int, rng, ended:bool, sched:str, pct_start:flo
             if sched == 'stages': learn.fit_one_cycle(n, p.lrs[i], start_epoch=done, pct_start=pct_start, **kwargs)
             else:
                 total,before = p.total_epochs,sum(s.epochs for s in p.stages[:i])
-                cb = ParamScheduler(cycle_slice(p.lrs[i], before/total, (before+n)/total, pct_start=pct_start, **kwargs))
+                cb = ScheduleTable(cycle_slice(p.lrs[i], before/total, (before+n)/total, pct_start=pct_start, **kwargs))
                 learn.fit(n, start_epoch=done, cbs=cb)
     except NanLossError as e:
         e.args = (getattr(e, 'msg', e.args[0]),); raise

@@ -7,16 +7,18 @@ from __future__ import annotations
 from .core import *
 from fastai.vision.all import *
 import gc, warnings
+import torch.nn.functional as F
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from .files import FIGURE_DIR, figures_to_files
 from .models import get_arch, check_rules
 from .plan import check_opt
 from .checkpoint import RunProgress, Checkpoint
-from .callbacks import NaNGuard, EMA, PlainTensors, DeviceSmoothLoss, ThrottledProgress, PlainProgress, interactive_output, mix_callback
+from .callbacks import NaNGuard, EMA, DeviceSmoothLoss, ThrottledProgress, PlainProgress, interactive_output, mix_callback
 
 # %% auto #0
-__all__ = ['top1', 'top5', 'get_opt', 'wd_splitter', 'compile_model', 'tiny_learner', 'is_oom', 'find_max_bs']
+__all__ = ['top1', 'top5', 'get_opt', 'wd_splitter', 'compile_model', 'SmoothCrossEntropy', 'TinyLearner', 'tiny_learner',
+           'is_oom', 'find_max_bs']
 
 # %% ../nbs/10_learner.ipynb #bb39b685
 def top1(inp, targ):
@@ -50,12 +52,64 @@ def compile_model(model, recompile_limit:int=64):
     model.compile(dynamic=False)
     return model
 
+# %% ../nbs/10_learner.ipynb #46e2b906
+class SmoothCrossEntropy:
+    "Cross-entropy with label smoothing `eps` through `F.cross_entropy`, with the API of fastai's `CrossEntropyLossFlat`"
+    y_int = True   # integer targets: `MixUp` mixes the losses, not the targets
+    def __init__(self, eps:float=0.1, reduction:str='mean', axis:int=-1): store_attr()
+    def __call__(self, inp, targ, **kwargs):
+        if inp.ndim != 2 or self.axis not in (-1, 1):   # fastai's flattening: classes on `axis`, everything else one batch
+            inp,targ = inp.transpose(self.axis, -1).reshape(-1, inp.shape[self.axis]),targ.reshape(-1)
+        if targ.dtype in (torch.int8, torch.int16, torch.int32, torch.uint8): targ = targ.long()
+        return F.cross_entropy(inp, targ, label_smoothing=self.eps, reduction=kwargs.get('reduction', self.reduction))
+    def decodes(self, x): return x.argmax(dim=self.axis)
+    def activation(self, x): return F.softmax(x, dim=self.axis)
+    def __repr__(self): return f"SmoothCrossEntropy(eps={self.eps})"
+
+# %% ../nbs/10_learner.ipynb #5c5847fa
+def _defines(cb, event:str) -> bool:
+    "Whether callback `cb` has its own `event` method (in its class or, as `Callback(before_fit=f)` sets it, on itself)"
+    if type(cb).__call__ is not Callback.__call__: return True   # a callback that dispatches itself gets every event
+    return event in cb.__dict__ or any(event in k.__dict__ for k in type(cb).__mro__ if k is not Callback)
+
+class TinyLearner(Learner):
+    "fastai's `Learner`, with each event dispatched only to the callbacks that define it"
+    def ordered_cbs(self, event_name):
+        "The callbacks that `event_name` reaches, in order"
+        by = self.__dict__.get('_by_event')
+        if by is None or by[0] is not self.cbs or by[1] != len(self.cbs): by = self._dispatch_table()
+        return by[2].get(event_name)
+
+    def __call__(self, event_name):
+        if isinstance(event_name, str): self._call_one(event_name)   # fastai makes an `L` of it for every event
+        else:
+            for e in event_name: self._call_one(e)
+
+    def _call_one(self, event_name):
+        cbs = self.ordered_cbs(event_name)
+        if cbs is None: return super()._call_one(event_name)   # not an event: fastai's error
+        for cb in cbs: cb(event_name)
+
+    def _dispatch_table(self):
+        cbs = list(self.cbs.sorted('order'))
+        by = (self.cbs, len(self.cbs), {e: cbs if e == 'after_fit' else [c for c in cbs if _defines(c, e)] for e in event.__dict__ if not e.startswith('_')})
+        self.__dict__['_by_event'] = by
+        return by
+
+    def add_cb(self, cb):
+        self.__dict__['_by_event'] = None
+        return super().add_cb(cb)
+    def remove_cb(self, cb):
+        self.__dict__['_by_event'] = None
+        return super().remove_cb(cb)
+    def __getstate__(self): return {k: v for k,v in super().__getstate__().items() if k != '_by_event'}
+
 # %% ../nbs/10_learner.ipynb #915ceb2c
 @delegates(Learner.__init__)
 def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=0.1, checkpoint='ckpt', opt:str='adam',
                  wd:float=None, ema:float=None, compile:bool=False, ckpt_every:float=120, precision:str='auto', channels_last:bool=None,
-                 max_params:int=26_000_000, path=None, **kwargs) -> Learner:
-    "A `Learner` for Tiny ImageNet `dls` with model preset `arch` (a key of `ARCHS`), checked against the rules"
+                 max_params:int=26_000_000, path=None, **kwargs) -> TinyLearner:
+    "A `TinyLearner` for Tiny ImageNet `dls` with model preset `arch` (a key of `ARCHS`), checked against the rules"
     if path is None: path = FIGURE_DIR; print(f"tiny_learner: checkpoints, history.csv and pictures go to {path} (path= to choose)")
     figures_to_files(path)
     model,dev = get_arch(arch)(n_out=len(dls.vocab)),getattr(dls, 'device', None)
@@ -63,14 +117,14 @@ def tiny_learner(dls, arch:str='tiny', mix=None, mix_alpha:float=None, ls:float=
     cbs = L(kwargs.pop('cbs', None))
     mcb = mix_callback(mix, mix_alpha)
     if mcb is not None: cbs.append(mcb)
-    cbs += [RunProgress(), PlainTensors()]
+    cbs.append(RunProgress())   # the run's state; fastai's `CastToTensor` gives the model plain tensors
     if checkpoint: cbs.append(Checkpoint(checkpoint, every_s=ckpt_every))
     cbs.append(NaNGuard())
     if ema: cbs.append(EMA(ema))
     if opt != 'adam':   # PyTorch's optimizers: no weight decay on norms and biases, through parameter groups
         kwargs.setdefault('splitter', wd_splitter)
         wd = [ifnone(wd, 0.01 if opt == 'adamw' else 5e-4), 0.]
-    learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropyFlat(eps=ls) if ls else CrossEntropyLossFlat(),
+    learn = TinyLearner(dls, model, loss_func=SmoothCrossEntropy(ls or 0.),
                     opt_func=get_opt(opt, dev), wd=wd, metrics=[top1, top5], cbs=cbs, path=path,
                     **kwargs)
     learn.arch,learn.rules,learn.opt_name = arch,rules,opt

@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
+from dataclasses import dataclass, field
 import numpy as np, torch, torch.nn.functional as F
 from torch.utils.data import get_worker_info
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
@@ -26,7 +27,8 @@ from .data import TINY_STATS, Layout, LayoutError, scan, open_image, to_rgb, sho
 from .archive import die_with_parent, archive_of, archive_members, archive_layout, file_sha256
 
 # %% auto #0
-__all__ = ['BatchResize', 'tiny_datablock', 'FastDL', 'static_bs', 'tiny_dls', 'resize_dls', 'dls_size']
+__all__ = ['BatchResize', 'tiny_datablock', 'FastDL', 'DataInfo', 'TinyDataLoaders', 'static_bs', 'tiny_dls', 'resize_dls',
+           'dls_size']
 
 # %% ../nbs/05_loaders.ipynb #70e6c762
 class BatchResize(DisplayedTransform):
@@ -73,27 +75,45 @@ def tiny_datablock(layout:Layout, size=64, aug='default', item_size:int=64):
 # %% ../nbs/05_loaders.ipynb #14098241
 def _samples(x, y): return [(TensorImage(torch.from_numpy(a).permute(2,0,1)), TensorCategory(b)) for a,b in zip(x, y)]
 
+class _Workers:
+    "A loader's kept worker processes (shared with the loaders `new` makes at other sizes), and the pass they work on"
+    def __init__(self): self.it,self.end,self.order,self.busy,self.ahead = None,None,None,False,False
+    def close(self):
+        if self.end is not None: self.end()
+        self.it,self.end,self.ahead = None,None,False
+    def __getstate__(self): return {**self.__dict__, 'it': None, 'end': None, 'busy': False, 'ahead': False}   # a pickled loader has none
+
+_MAIN_SIDE = {'after_batch', 'device'}   # what `new` may change while the workers go on making the same batches
+
 class FastDL(TfmdDL):
-    "A `TfmdDL` that serves whole batches from `dataset.cache` (an `ArrayCache`), augmented as uint8 arrays, and keeps its workers"
+    "A `TfmdDL` that serves whole batches from `array_cache` (an `ArrayCache` of its dataset), augmented as uint8 arrays, and keeps its workers"
     @delegates(TfmdDL.__init__)
-    def __init__(self, dataset=None, aug_impl:str='fast', persistent_workers:bool=True, **kwargs):
+    def __init__(self, dataset=None, aug_impl:str='fast', persistent_workers:bool=True, array_cache=None, workers:_Workers=None, **kwargs):
         if aug_impl not in ('fast', 'imgaug'): raise ValueError(f"FastDL: aug_impl must be 'fast' or 'imgaug', got {aug_impl!r}")
-        self.aug_impl,self._workers,self._workers_end,self._pass,self._in_pass = aug_impl,None,None,None,False
+        self.aug_impl,self.array_cache,self._pool,self._plain = aug_impl,array_cache,ifnone(workers, _Workers()),None
         super().__init__(dataset, persistent_workers=persistent_workers, **kwargs)
 
     def new(self, dataset=None, cls=None, **kwargs):
-        return super().new(dataset, cls, **merge(dict(aug_impl=self.aug_impl, persistent_workers=self.fake_l.persistent_workers), kwargs))
+        "fastai's `new`; the same dataset keeps its cache, and, when only `after_batch` or `device` change, the workers"
+        kw = dict(aug_impl=self.aug_impl, persistent_workers=self.fake_l.persistent_workers)
+        if dataset is None or dataset is self.dataset:
+            kw['array_cache'] = self.array_cache
+            if set(kwargs) <= _MAIN_SIDE: kw['workers'] = self._pool
+        return super().new(dataset, cls, **merge(kw, kwargs))
 
     @property
     def cache(self):
         "The `ArrayCache` to read batches from, or `None` when the item pipeline must run"
-        c = getattr(self.dataset, 'cache', None)
+        c = self.array_cache
         if c is None or self.prebatched: return None
         for t in self.after_item.fs:
             if isinstance(t, ItemResize) and tuple(t.size) == (c.size, c.size): continue
             if type(t) is ToTensor: continue
             return None
         return c
+
+    @property
+    def _workers(self): return self._pool.it   # the PyTorch iterator of the kept workers, or None
 
     def _active(self, t): return t.split_idx is None or t.split_idx == self.before_batch.split_idx
 
@@ -119,10 +139,25 @@ class FastDL(TfmdDL):
         return (TensorImage(torch.from_numpy(np.ascontiguousarray(x)).permute(0,3,1,2).contiguous()),
                 TensorCategory(torch.from_numpy(np.asarray(y, dtype=np.int64))))
 
-    def __getstate__(self): return {**self.__dict__, '_workers': None, '_workers_end': None, '_pass': None, '_in_pass': False}
+# %% ../nbs/05_loaders.ipynb #d64f213c
+_PLAIN = (IntToFloatTensor, BatchResize, Normalize)   # `tiny_datablock`'s batch transforms, in their order
+
+@patch
+def _after_batch(self:FastDL, b):
+    "`after_batch(b)`, as plain tensor operations when the pipeline is `tiny_datablock`'s and `b` an image batch and its labels"
+    fs = self.after_batch.fs
+    if self._plain is None or self._plain[0] != [id(f) for f in fs]:
+        ok = [type(f) for f in fs] == list(_PLAIN) and fs[2].mean is not None
+        self._plain = ([id(f) for f in fs], fs if ok else None)
+    if self._plain[1] is None or len(b) != 2 or type(b[0]) is not TensorImage: return self.after_batch(b)
+    itf,rs,nm = self._plain[1]
+    x = b[0].as_subclass(Tensor).float().div_(itf.div)                     # IntToFloatTensor
+    if tuple(x.shape[-2:]) != rs.size: x = F.interpolate(x, size=rs.size, mode=rs.mode, antialias=rs.antialias, align_corners=False)
+    x = (x - nm.mean)/nm.std                                                 # Normalize
+    return (x.as_subclass(TensorImage), b[1])
 
 # %% ../nbs/05_loaders.ipynb #ac6d8e79
-_KEPT = weakref.WeakValueDictionary()   # id of a dataset -> the `FastDL` whose kept workers serve it
+_KEPT = weakref.WeakValueDictionary()   # id of a dataset -> the `_Workers` that serve it
 
 @patch
 def _keeps_workers(self:FastDL): return bool(self.fake_l.persistent_workers) and self.fake_l.num_workers > 0
@@ -130,60 +165,105 @@ def _keeps_workers(self:FastDL): return bool(self.fake_l.persistent_workers) and
 @patch
 def close_workers(self:FastDL):
     "End the workers kept from the last pass (a new set starts at the next pass)"
-    if self._workers_end is not None: self._workers_end()
-    self._workers = self._workers_end = None
+    self._pool.close()
 
 @patch
 def _kept_workers(self:FastDL):
-    "The PyTorch iterator that owns the workers: started at the first pass, reset at the next ones"
-    if self._workers is not None: self._workers._reset(self.fake_l); return self._workers
+    "The PyTorch iterator that owns the workers, started at the first pass"
+    w = self._pool
+    if w.it is not None: return w.it
     other = _KEPT.get(id(self.dataset))
-    if other is not None and other is not self and not other._in_pass: other.close_workers()
+    if other is not None and other is not w and not other.busy: other.close()
     st = torch.get_rng_state()   # the workers' base seed is not used (`sample` seeds them): don't let it move PyTorch's RNG
     try: it = _MultiProcessingDataLoaderIter(self.fake_l)
     finally: torch.set_rng_state(st)
     it._dataset = it._collate_fn = None   # the workers have their own copies; without these references to the loader ...
-    self._workers,self._workers_end = it,weakref.finalize(self, it._shutdown_workers)   # ... it can be collected, ending them at once
-    _KEPT[id(self.dataset)] = self
-    return self._workers
+    w.it,w.end = it,weakref.finalize(w, it._shutdown_workers)   # ... it can be collected, ending them at once
+    _KEPT[id(self.dataset)] = w
+    return it
 
 # %% ../nbs/05_loaders.ipynb #bd7e9f80
+def _draw_pass(dl):
+    "Shuffle `dl` and draw the workers' seed as a pass does (`randomize`, `get_idxs`, then PyTorch's RNG as for new workers)"
+    dl.randomize()
+    idxs = torch.as_tensor(list(dl.get_idxs()), dtype=torch.int64)
+    return torch.cat([torch.empty(1, dtype=torch.int64).random_(), idxs])
+
 @patch
-def _share_pass(self:FastDL, idxs):
-    "Write this pass's worker seed (drawn as PyTorch draws it for new workers) and item order where the workers read them"
-    if self._pass is not None and len(self._pass) != len(idxs)+1: self.close_workers()
-    if self._workers is None: self._pass = torch.empty(len(idxs)+1, dtype=torch.int64).share_memory_()
-    self._pass[0] = torch.empty((), dtype=torch.int64).random_().item()
-    self._pass[1:] = torch.as_tensor(list(idxs), dtype=torch.int64)
+def _share_pass(self:FastDL, order):
+    "Have the workers make the pass `order` (its seed, then its items): the one they already make, or a new one"
+    w = self._pool
+    if w.ahead and w.it is not None and torch.equal(w.order, order): w.ahead = False; return w.it   # made since the last pass ended
+    if w.order is not None and len(w.order) != len(order): self.close_workers()
+    if w.it is None: w.order = order.share_memory_()
+    else: w.order.copy_(order)
+    new = w.it is None
+    it = self._kept_workers()
+    if not new: it._reset(self.fake_l)   # what the workers still make of another pass is dropped
+    w.ahead = False
+    return it
+
+@patch
+def _read_ahead(self:FastDL):
+    "Start the workers on the pass this loader will draw next, leaving every RNG as it was (the next pass draws it again, and uses it if equal)"
+    w,rng,st = self._pool,self.rng,(self.rng.getstate(),torch.get_rng_state())
+    try: order = _draw_pass(self)
+    finally: self.rng = rng; rng.setstate(st[0]); torch.set_rng_state(st[1])
+    if w.it is None or len(order) != len(w.order): return
+    w.order.copy_(order); w.it._reset(self.fake_l); w.ahead = True
 
 @patch
 def sample(self:FastDL):
     "The items of this worker in this pass; a kept worker first takes the pass's order and seed, as a new worker would"
-    if self._pass is None or not self._keeps_workers() or get_worker_info() is None: return TfmdDL.sample(self)
-    seed,*idxs = self._pass.tolist()
+    o = self._pool.order
+    if o is None or not self._keeps_workers() or get_worker_info() is None: return TfmdDL.sample(self)
+    seed,*idxs = o.tolist()
     set_seed(seed + self.offs)
     return (b for i,b in enumerate(idxs) if i//(self.bs or 1)%self.num_workers==self.offs)
 
 # %% ../nbs/05_loaders.ipynb #ce8f0a91
 @patch
 def __iter__(self:FastDL):
-    "fastai's `DataLoader.__iter__`, with the workers kept from the last pass (`persistent_workers`) and pinned batches copied asynchronously"
+    "fastai's `DataLoader.__iter__`, with the workers kept from the last pass (`persistent_workers`), pinned batches copied asynchronously, and the next pass started as this one ends"
     keep = self._keeps_workers()
-    self.randomize(); self.before_iter()
-    if keep: self._share_pass(self.get_idxs()); self._in_pass = True
+    if keep: order = _draw_pass(self)
+    else: self.randomize()
+    self.before_iter()
+    if keep: it = self._share_pass(order); self._pool.busy = True
     else: self._DataLoader__idxs = self.get_idxs()   # what fastai's `sample` reads
     try:
-        for b in (self._kept_workers() if keep else _loaders[self.fake_l.num_workers==0](self.fake_l)):
+        for b in (it if keep else _loaders[self.fake_l.num_workers==0](self.fake_l)):
             if self.pin_memory and type(b) == list: b = tuple(b)
             if self.device is not None: b = to_device(b, self.device, non_blocking=self.pin_memory)   # no wait for the GPU
-            yield self.after_batch(b)
+            yield self._after_batch(b)
     except GeneratorExit: raise   # a pass left early: the next one's reset drops what the workers still send
     except BaseException:
         if keep: self.close_workers()
         raise
-    finally: self._in_pass = False
+    finally: self._pool.busy = False
+    if keep and self.shuffle: self._read_ahead()   # while the model validates, the workers make the next epoch's first batches
     self.after_iter()
     if hasattr(self, 'it'): del(self.it)
+
+# %% ../nbs/05_loaders.ipynb #2ba0ed95
+@dataclass
+class DataInfo:
+    "What `tiny_dls` knows of its data beyond fastai's loaders (`dls.info`): kept by `resize_dls` and every `TinyDataLoaders.new_like`"
+    bad_files: list = field(default_factory=list)   # the undecodable images left out (`skip_bad`)
+    cache_dir: Path = None                           # with `cache=True`: the folder of the array caches
+
+class TinyDataLoaders(DataLoaders):
+    "fastai's `DataLoaders` carrying a `DataInfo` (`info`)"
+    def __init__(self, *loaders, info:DataInfo=None, **kwargs):
+        super().__init__(*loaders, **kwargs)
+        self.info = ifnone(info, DataInfo())
+    def new_like(self, loaders):
+        "`DataLoaders` of `loaders` with this one's path, device and info"
+        return type(self)(*loaders, path=self.path, device=self.device, info=self.info)
+    @property
+    def bad_files(self): return self.info.bad_files   # the names of tiny_fastai 0.x
+    @property
+    def cache_dir(self): return self.info.cache_dir
 
 # %% ../nbs/05_loaders.ipynb #1f4c0982
 def static_bs(n:int, bs:int) -> int:
@@ -239,7 +319,7 @@ def tiny_dls(path,                  # Tiny ImageNet folder (official layout), e.
              decode_workers:int=None, # with `cache`: processes that build it (None: all CPUs)
              verbose:bool=True,     # with `cache`: say when a cache is built
              **kwargs
-            ) -> DataLoaders:
+            ) -> TinyDataLoaders:
     "fastai `DataLoaders` on Tiny ImageNet at `path` (train = train/, valid = the official val set), read from the files or an array cache"
     if 'fast' in kwargs:   # the old name of `cache`
         warnings.warn("tiny_dls: `fast` is now called `cache`", DeprecationWarning, stacklevel=2); cache = kwargs.pop('fast')
@@ -259,11 +339,9 @@ def tiny_dls(path,                  # Tiny ImageNet folder (official layout), e.
         dls = dblock.dataloaders(_Items(items), path=layout.path, bs=bs, num_workers=num_workers, device=device, before_batch=before_batch, **kwargs)
     if seed is not None:
         for i,dl in enumerate(dls.loaders): dl.rng = random.Random(seed + i)
-    dls.bad_files = layout.bad
     if cache:
-        for dl,c in zip(dls.loaders, caches): dl.dataset.cache = c
-        dls.cache_dir = cache_dir
-    return dls
+        for dl,c in zip(dls.loaders, caches): dl.array_cache = dl.dataset.cache = c   # `dataset.cache`: the name tests/test_cache.py reads
+    return TinyDataLoaders(*dls.loaders, path=dls.path, device=dls.device, info=DataInfo(layout.bad, cache_dir if cache else None))
 
 # %% ../nbs/05_loaders.ipynb #16c6cb40
 def _resized(pipe, size):
@@ -273,10 +351,9 @@ def _resized(pipe, size):
 
 def resize_dls(dls:DataLoaders, size) -> DataLoaders:
     "New `DataLoaders` like `dls` whose batches are resized to `size`"
-    res = DataLoaders(*[dl.new(after_batch=_resized(dl.after_batch, size)) for dl in dls.loaders], path=dls.path, device=dls.device)
-    for k in ('bad_files', 'cache_dir'):
-        if hasattr(dls, k): setattr(res, k, getattr(dls, k))
-    return res
+    loaders = [dl.new(after_batch=_resized(dl.after_batch, size)) for dl in dls.loaders]
+    if isinstance(dls, TinyDataLoaders): return dls.new_like(loaders)   # its `info` too
+    return DataLoaders(*loaders, path=dls.path, device=dls.device)
 
 def dls_size(dls):
     "The output size of `dls` as set by its `BatchResize` (an int for square sizes; None without one)"
