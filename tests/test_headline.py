@@ -22,7 +22,8 @@ def test_headline_quick_on_cpu(tmp_path):
     assert r['budget_s'] == 100 and 0 <= r['top1'] <= 1 and r['epochs'] == sum(s['epochs'] for s in r['stages']) >= 1
     assert len(r['rows']) == r['epochs'] and r['rows'][0]['first_at_size'] and r['rows'][-1]['validated']
     assert r['fixed_s'] > 0 and abs(r['epochs_s'] + r['fixed_s'] - r['wall_s']) < 0.2
-    assert r['budget']['epochs'] == [s['epochs'] for s in r['stages']]
+    b = r['budget']   # the plan chosen, or (epochs slower than timed: a busy machine) the plan it was shortened to
+    assert (b['replanned'][-1]['epochs'] if 'replanned' in b else b['epochs']) == [s['epochs'] for s in r['stages']]
     assert {'start', 'data', 'learner', 'timing', 'evaluate', 'export', 'pictures'} <= set(r['phases']) and r['exit_s'] >= 0
     assert all(0 < x['train_s'] <= x['time_s'] for x in r['rows'])
     assert (out/'headline_results.json').exists() and 'budget ' in (out/'headline.log').read_text()
