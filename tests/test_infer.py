@@ -4,6 +4,7 @@ and give the same results as the pickled learner; model.pkl is loaded only when 
 that do not fit give one line naming them; predict decodes its images batch by batch."""
 import contextlib, io, json, pickle, shutil, warnings, pytest, torch
 from pathlib import Path
+import fastai.learner
 from fastai.learner import Learner
 from safetensors.torch import load_file, save_file
 import tiny_fastai.infer as infer
@@ -31,7 +32,7 @@ def images(run):
 def no_pickle(monkeypatch):
     "Make every way of unpickling (and `torch.load`, `load_learner`) fail"
     def refuse(*a, **k): raise AssertionError('pickle used')
-    for mod, name in ((pickle, 'load'), (pickle, 'loads'), (pickle, 'Unpickler'), (torch, 'load'), (infer, 'load_learner')):
+    for mod, name in ((pickle, 'load'), (pickle, 'loads'), (pickle, 'Unpickler'), (torch, 'load'), (fastai.learner, 'load_learner')):
         monkeypatch.setattr(mod, name, refuse)
 
 def test_train_writes_safetensors_pair(run):
