@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_app.ipynb #30cefd80
 from __future__ import annotations
-import html, json, os, re, shutil, socket, tempfile
+import html, json, os, re, shutil, signal, socket, tempfile
 from functools import partial
 from pathlib import Path
 import torch
@@ -15,7 +15,7 @@ from .infer import load_model, model_parts
 # %% auto #0
 __all__ = ['MAX_UPLOAD', 'image_maps', 'cam_folder', 'write_cams', 'AppError', 'check_run', 'md_text', 'model_field',
            'run_results', 'run_card', 'val_examples', 'map_note', 'predict_page', 'build_app', 'free_port',
-           'check_port', 'serve']
+           'check_port', 'host_note', 'serve']
 
 # %% ../nbs/16_app.ipynb #8da140a2
 def image_maps(model, files, k:int=5) -> list:
@@ -152,6 +152,12 @@ def _shown(run, model, n_examples, dest) -> tuple:
         if f.is_file() and not f.is_symlink(): pics.append((n, Path(shutil.copy(f, dest/n))))
     return ex,pics
 
+def _image_input(gr, **kwargs):
+    "gradio's `Image` input that hands the uploaded file over unopened: `open_image_file` checks it (its pixels before decoding; a message for a non-image)"
+    class ImageInput(gr.Image):
+        def preprocess(self, payload): return None if payload is None else payload.path   # gradio's opens it with PIL first
+    return ImageInput(**kwargs)
+
 def build_app(run, n_examples:int=8, dest=None):
     "The gradio `Blocks` of the page of `run`: drop an image, see it, its top 5 and the map of the top class; the val images, the run's card and pictures"
     run = check_run(run)
@@ -164,7 +170,7 @@ def build_app(run, n_examples:int=8, dest=None):
                     "image it finds the first (its class activation map).", elem_id='title')
         with gr.Row():
             with gr.Column():
-                f = gr.Image(label='image', type='filepath', image_mode=None, sources=['upload'], elem_id='image', height=300)
+                f = _image_input(gr, label='image', type='filepath', image_mode=None, sources=['upload'], elem_id='image', height=300)
                 if ex: gr.Examples([[str(o)] for o in ex], inputs=f, label="val images of the run's data", examples_per_page=n_examples)
             with gr.Column():
                 top = gr.Label(num_top_classes=5, label='top 5', elem_id='top5')
@@ -174,7 +180,7 @@ def build_app(run, n_examples:int=8, dest=None):
         f.change(partial(predict_page, model), inputs=f, outputs=[cam, top, note, msg])
         gr.Markdown(run_card(run, model), elem_id='card')
         with gr.Row():
-            for n,p in pics: gr.Image(str(p), label=n, interactive=False, show_fullscreen_button=True)
+            for n,p in pics: gr.Image(str(p), label=n, interactive=False)
     page.allowed,page.dest = [str(dest)],dest
     return page
 
@@ -191,6 +197,13 @@ def check_port(port) -> int:
     if not (isinstance(port, int) and 0 <= port <= 65535): raise AppError(f"--port {port} is not a port: give 1 to 65535 (or 0 for any free one)")
     return port
 
+def host_note(host) -> str:
+    "The line `serve` prints for a `host` other than this machine's own: the page is then reachable from the network (None for this machine)"
+    if host in ('127.0.0.1', 'localhost', '::1'): return None
+    return f"tiny-fastai app: --host {safe_text(host)}: the page is reachable from the network, by anyone who can reach this machine"
+
+def _stop(signum, frame): raise SystemExit(128 + signum)
+
 def serve(run, port:int=7860, host:str='127.0.0.1', block:bool=True):
     "Serve the page of `run` on `host` at `port` (or a free port if it is taken); say where; block until Ctrl-C unless `block=False`"
     check_port(port); check_run(run)
@@ -206,9 +219,9 @@ def serve(run, port:int=7860, host:str='127.0.0.1', block:bool=True):
     page.root = root
     print(f"tiny-fastai app: serving {safe_text(run)} at http://{host}:{p}" + (f" (port {port} is taken)" if p != port else '') +
           ("; Ctrl-C stops it" if block else ''), flush=True)
-    if host not in ('127.0.0.1', 'localhost', '::1'):
-        print(f"tiny-fastai app: --host {host}: the page is reachable from the network by anyone who can reach this machine", flush=True)
+    if host_note(host): print(host_note(host), flush=True)
     if block:
+        signal.signal(signal.SIGTERM, _stop)   # `kill`: the page stops as with Ctrl-C, and its folder goes
         try: page.block_thread()
         finally: page.close(); shutil.rmtree(root, ignore_errors=True)
     return page,p

@@ -164,9 +164,10 @@ def _predict(a):
         for r in res: print(f"{safe_text(r['file'])}: " + ', '.join(f"{safe_text(c)} ({p:.1%})" for c,p in r['top']))
     if cam is not None:
         fs,flat = write_cams(m, a.images, cam)
-        print(f"wrote {len(fs)-len(flat)} class-map picture(s) to {safe_text(cam)}" +
-              (f"; {len(flat)} map(s) flat (the model's map has one cell at its size, or it sees the image as uniform): "
-               "those pictures show the image without a map" if flat else ''), file=sys.stderr if a.json else sys.stdout)
+        said = ([f"wrote {len(fs)-len(flat)} class-map picture(s) to {safe_text(cam)}"] if len(fs) > len(flat) else []) + \
+               ([f"{len(flat)} map(s) flat (one cell at the model's size, or an image it sees as uniform): wrote those image(s) "
+                 f"without a map to {safe_text(cam)}"] if flat else [])
+        print('; '.join(said), file=sys.stderr if a.json else sys.stdout)
     return 0
 
 def _app(a):
