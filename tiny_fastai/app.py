@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_app.ipynb #30cefd80
 from __future__ import annotations
-import html, json, os, re, shutil, signal, socket, tempfile
+import atexit, html, json, os, re, shutil, signal, socket, tempfile
 from functools import partial
 from pathlib import Path
 import torch
@@ -217,6 +217,7 @@ def serve(run, port:int=7860, host:str='127.0.0.1', block:bool=True):
                     allowed_paths=page.allowed, max_file_size=MAX_UPLOAD, show_error=False)
     except BaseException: shutil.rmtree(root, ignore_errors=True); raise
     page.root = root
+    atexit.register(shutil.rmtree, root, True)   # also when the caller does not block (its `page.close()` leaves it)
     print(f"tiny-fastai app: serving {safe_text(run)} at http://{host}:{p}" + (f" (port {port} is taken)" if p != port else '') +
           ("; Ctrl-C stops it" if block else ''), flush=True)
     if host_note(host): print(host_note(host), flush=True)
