@@ -243,3 +243,4 @@ def test_non_image_error_keeps_the_name_whole(run, tmp_path):
     f.write_text('not an image')
     code, _, err = run_main('predict', out, f)
     assert code == 2 and f"{f} is not an image that PIL can read" in err, err
+    assert err.count(str(tmp_path)) == err.count(str(f)), err   # each mention of its folder is followed by the whole name

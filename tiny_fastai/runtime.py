@@ -58,7 +58,7 @@ class Block(nn.Module):
 _SMALL = dict(layers=(2,2,2,2), widths=(64,128,256,512), stem_szs=(32,32,64), stem_stride=(1,2,1))
 _DENSE = dict(layers=(2,2,2,2), widths=(64,128,256,512), stem_szs=(32,64), stem_stride=1, block='dense')
 _FUSED = dict(_DENSE, layers=(2,2,5,3), widths=(64,128,384,768), block=('dense','dense','fused','fused'), shortcut='pad')
-NETS = dict(tiny=dict(layers=(1,1,1,1), widths=(32,64,128,256), stem_szs=(16,32), stem_stride=2, strides=(2,2,2,2)),
+NETS = dict(tiny=dict(layers=(1,1,1,1), widths=(32,64,128,256), stem_szs=(16,32), stem_stride=2, strides=(2,2,1,1)),
             small=_SMALL, medium=dict(_SMALL, layers=(3,4,6,3), widths=(128,256,512,1024), stem_szs=(32,64,128)),
             large=dict(_SMALL, layers=(3,4,9,3), widths=(192,384,768,1280), stem_szs=(32,64,192)),
             dense=_DENSE, dense_wide=dict(_DENSE, widths=(96,192,384,768), stem_szs=(32,96)),
