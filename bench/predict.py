@@ -72,7 +72,8 @@ def main(argv=None):
         l0 = load()
         runs = [cold(py, src, ['predict', run, image]) for _ in range(repeat)]
         if any(c != 0 for c, _, _ in runs): raise SystemExit(f"{name}: tiny-fastai predict failed (exit {runs[0][0]})")
-        ready = [page_ready(py, src, run) for _ in range(repeat)] if a.page else None
+        try: ready = [page_ready(py, src, run) for _ in range(repeat)] if a.page else None
+        except RuntimeError as e: ready = None; print(f"{name}: no page ({e})", flush=True)   # e.g. an environment without gradio
         res.append(dict(name=name, first_s=runs[0][1], median_s=statistics.median(s for _, s, _ in runs),
                         mb=max(m for _, _, m in runs), ready_s=ready and ready[0], ready_med=ready and statistics.median(ready),
                         load=f'{l0} -> {load()}'))

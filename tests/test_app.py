@@ -185,6 +185,17 @@ def test_app_serves_only_what_it_shows(run, app):
     for f in ('secret.txt', '.ssh/id_rsa', 'model.pkl', 'results.json', 'model.safetensors', 'history.png'):
         assert status(run[0]/f) in (403, 404), f       # main served each with 200
 
+def test_app_refuses_large_uploads(app):
+    "An upload above the page's limit (20 MB) is refused with 413 (main took any size and kept it)"
+    import urllib.request, urllib.error, uuid
+    url, b = app[0], uuid.uuid4().hex
+    body = (f'--{b}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n').encode() + \
+           bytes(21 * 2**20) + f'\r\n--{b}--\r\n'.encode()
+    req = urllib.request.Request(f"{url}/gradio_api/upload", data=body, headers={'Content-Type': f'multipart/form-data; boundary={b}'})
+    try: status = urllib.request.urlopen(req, timeout=120).status
+    except urllib.error.HTTPError as e: status = e.code
+    assert status == 413
+
 def test_host_line():
     "Another --host than this machine's says in one line that the page is reachable from the network"
     from tiny_fastai.app import host_note
