@@ -22,7 +22,8 @@ def _env(src): return {**os.environ, 'PYTHONPATH': str(src), 'MPLBACKEND': 'Agg'
 
 def cold(python, src, args) -> tuple:
     "(exit code, wall seconds, peak MB) of `tiny-fastai ARGS` in a new process of `python` with the package of checkout `src`"
-    o = subprocess.run([sys.executable, '-c', PROBE, python, '-c', CLI, *map(str, args)], capture_output=True, text=True, env=_env(src))
+    o = subprocess.run([sys.executable, '-c', PROBE, python, '-c', CLI, *map(str, args)], capture_output=True, text=True, env=_env(src),
+                       cwd=src)   # in the checkout: `python -c` imports the package of its working folder first
     code, s, kb = o.stdout.split()
     return int(code), float(s), int(kb)/1024
 
@@ -30,7 +31,7 @@ def page_ready(python, src, run, timeout=600) -> float:
     "Seconds from starting `tiny-fastai app RUN` to the page answering with status 200"
     t = time.time()
     with tempfile.TemporaryFile('w+') as log:
-        p = subprocess.Popen([python, '-c', CLI, 'app', str(run), '--port', '0'], stdout=log, stderr=subprocess.STDOUT, env=_env(src))
+        p = subprocess.Popen([python, '-c', CLI, 'app', str(run), '--port', '0'], stdout=log, stderr=subprocess.STDOUT, env=_env(src), cwd=src)
         try:
             while time.time() - t < timeout and p.poll() is None:
                 log.seek(0); m = re.search(r'http://127\.0\.0\.1:\d+', log.read())
@@ -64,7 +65,7 @@ def main(argv=None):
         from tiny_fastai.data import sample_path   # (no fastai: only the sample's place)
         run = Path(a.run or 'runs/demo')
         image = Path(a.image) if a.image else sorted((sample_path()/'val'/'images').iterdir())[0]
-    repeat = 1 if a.quick else a.repeat
+    run, image, repeat = Path(run).absolute(), Path(image).absolute(), 1 if a.quick else a.repeat
     rows = [('this checkout', sys.executable, ROOT)] + [(f'this checkout, {py}', py, ROOT) for py in a.python] + \
            ([('baseline ' + str(a.baseline), sys.executable, Path(a.baseline).resolve())] if a.baseline else [])
     res = []

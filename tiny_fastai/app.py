@@ -154,9 +154,9 @@ def _shown(run, model, n_examples, dest) -> tuple:
 
 def _image_input(gr, **kwargs):
     "gradio's `Image` input that hands the uploaded file over unopened: `open_image_file` checks it (its pixels before decoding; a message for a non-image)"
-    class ImageInput(gr.Image):
-        def preprocess(self, payload): return None if payload is None else payload.path   # gradio's opens it with PIL first
-    return ImageInput(**kwargs)
+    res = gr.Image(**kwargs)
+    res.preprocess = lambda payload: None if payload is None else payload.path   # gradio's opens it with PIL first
+    return res   # (not a subclass: gradio writes a .pyi stub beside the module of any subclass of its components)
 
 def build_app(run, n_examples:int=8, dest=None):
     "The gradio `Blocks` of the page of `run`: drop an image, see it, its top 5 and the map of the top class; the val images, the run's card and pictures"
