@@ -36,7 +36,7 @@ def test_image_maps_agree_with_predict(run, images):
     for w, g in zip(want, got):
         assert [c for c, _ in g['top']] == [c for c, _ in w['top']]
         assert [p for _, p in g['top']] == pytest.approx([p for _, p in w['top']], abs=1e-6)
-        assert tuple(g['crop'].shape) == (3, 64, 64) and tuple(g['cam'].shape) == (64, 64) and g['map_size'] == (1, 1)
+        assert tuple(g['crop'].shape) == (3, 64, 64) and tuple(g['cam'].shape) == (64, 64) and g['map_size'] == (4, 4)
 
 def test_predict_cam_writes_overlays(run, images, tmp_path):
     "`predict --cam DIR` writes DIR/<name>.cam.png per image (two images of one name get two files); a file as DIR is one line"
@@ -45,16 +45,60 @@ def test_predict_cam_writes_overlays(run, images, tmp_path):
     twin.parent.mkdir(); shutil.copy(images[0], twin)
     code, o, err = run_main('predict', out, *images, twin, '--cam', tmp_path/'cams')
     assert code == 0, err
-    assert f"wrote 4 class-map picture(s) to {tmp_path/'cams'}" in o
+    assert f"wrote 4 class-map picture(s) to {tmp_path/'cams'}" in o and 'flat' not in o, o   # the demo's maps are 4x4 (main: 1x1, flat)
     fs = sorted(p.name for p in (tmp_path/'cams').iterdir())
     assert fs == sorted([f.stem + '.cam.png' for f in images] + [images[0].stem + '-2.cam.png'])
     im = Image.open(tmp_path/'cams'/fs[0])
     assert im.width == 256 and im.height > 256 and im.mode == 'RGB'
     code, o, err = run_main('predict', out, images[0], '--json', '--cam', tmp_path/'c2')
-    assert code == 0 and json.loads(o) and 'wrote 1 class-map picture(s)' in err   # stdout stays JSON
+    assert code == 0 and json.loads(o) and 'wrote' in err and str(tmp_path/'c2') in err   # stdout stays JSON
     (tmp_path/'afile').write_text('x')
     code, _, err = run_main('predict', out, images[0], '--cam', tmp_path/'afile')
     assert code == 2 and f"--cam {tmp_path/'afile'} is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+def test_predict_cam_never_writes_through_links(run, images, tmp_path):
+    "A link already in DIR is replaced by the picture, its target untouched; a DIR that is a link is refused in one line (as evaluate --out)"
+    out, _ = run
+    victim = tmp_path/'victim.txt'; victim.write_text('precious')
+    cams = tmp_path/'cams'; cams.mkdir()
+    (cams/f"{images[0].stem}.cam.png").symlink_to(victim)
+    code, o, err = run_main('predict', out, images[0], '--cam', cams)
+    assert code == 0, err
+    assert victim.read_text() == 'precious'                                        # main overwrote it with a PNG
+    f = cams/f"{images[0].stem}.cam.png"
+    assert not f.is_symlink() and Image.open(f).width == 256 and not list(cams.glob('.*.tmp'))
+    (tmp_path/'linked').symlink_to(cams, target_is_directory=True)
+    code, _, err = run_main('predict', out, images[0], '--cam', tmp_path/'linked')
+    assert code == 2 and len(err.strip().splitlines()) == 1 and 'is a symbolic link' in err, err
+
+def test_predict_argument_mistakes(run, images, tmp_path):
+    "`--cam ''` is refused (it was ignored); `predict IMAGE RUN` says the model comes first; each in one line, exit code 2"
+    out, _ = run
+    code, _, err = run_main('predict', out, images[0], '--cam', '')
+    assert code == 2 and '--cam is empty' in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_main('predict', images[0], out)
+    assert code == 2 and 'the model comes first' in err and len(err.strip().splitlines()) == 1, err
+
+def test_app_port_out_of_range(run):
+    "`--port 99999` is one line naming --port (it was an OverflowError), before gradio is imported"
+    code, _, err = run_main('app', run[0], '--port', '99999')
+    assert code == 2 and '--port must be at most 65535' in err and 'Overflow' not in err, err
+
+def test_page_text_is_escaped(run, tmp_path):
+    "Class names and results.json fields are shown as text (no tag, no link); a malformed results.json is named on the page, not fatal"
+    from tiny_fastai.app import md_text, map_note, run_card, val_examples, _title
+    evil = '<img src="http://example.invalid/x.png">'
+    for s in (md_text(evil), map_note([(evil, 0.5)], (4, 4), 32), map_note([('![x](http://example.invalid/y)', .5)], (4, 4), 32)):
+        assert '<img' not in s and '](' not in s.replace('\\](', '')
+    d = tmp_path/'r'; shutil.copytree(run[0], d)
+    for bad in ('{"top1": ', '[1, 2]', '{"params": "many", "top1": "x"}'):
+        (d/'results.json').write_text(bad)
+        card = run_card(d)
+        assert 'results.json' in card and 'served without its card' in card, card
+        m = load_model(d)
+        assert _title(d, m).startswith('# r') and val_examples(m, d, 2) is not None
+    (d/'results.json').write_text(json.dumps(dict(preset=evil, arch='tiny', device=evil)))
+    assert '<img' not in run_card(d) and '<img' not in _title(d, load_model(d))
 
 def test_app_refuses_a_folder_without_model(run, tmp_path):
     "A folder without model.safetensors + model.json (even with a model.pkl) is refused in one line naming it, exit code 2"
@@ -102,14 +146,20 @@ def _browser():
     if not (drv and chrome): pytest.skip('no chromium + chromedriver on this machine (apt-get install chromium chromium-driver)')
     return webdriver, Service(drv), chrome
 
+def _pages():
+    import tempfile
+    return set(Path(tempfile.gettempdir()).glob('tiny-fastai-page-*'))
+
 @pytest.fixture(scope='module')
 def app(run, tmp_path_factory):
-    "`tiny-fastai app RUN` in a subprocess, on a port that is already taken (it picks another): (url, process)"
+    "`tiny-fastai app RUN` in a subprocess, on a port that is already taken (it picks another), with files in RUN it must not serve: (url, log, port)"
     import socket
+    (run[0]/'secret.txt').write_text('secret'); (run[0]/'.ssh').mkdir(exist_ok=True); (run[0]/'.ssh'/'id_rsa').write_text('key')
     blocker = socket.socket(); blocker.bind(('127.0.0.1', 0)); blocker.listen()
     port = blocker.getsockname()[1]
     log = tmp_path_factory.mktemp('applog')/'out.txt'
     f = open(log, 'w')
+    before = _pages()
     p = subprocess.Popen([BIN, 'app', str(run[0]), '--port', str(port)], stdout=f, stderr=subprocess.STDOUT, text=True,
                          env={**os.environ, 'GRADIO_ANALYTICS_ENABLED': 'False'})
     try:
@@ -121,6 +171,36 @@ def app(run, tmp_path_factory):
         yield url, log.read_text(), port
     finally:
         p.terminate(); p.wait(30); f.close(); blocker.close()
+    assert p.returncode == 143, log.read_text()[-2000:]   # SIGTERM: stopped as the convention says
+    assert not (_pages() - before), 'the page left its folder (uploads, copies) behind'
+
+def test_app_serves_only_what_it_shows(run, app):
+    "Files of the run folder that the page does not show (a key, a secret, the pickle, results.json) are not served; its pictures are"
+    import urllib.request, urllib.error
+    url, log, _ = app
+    assert 'reachable from the network' not in log
+    def status(path):
+        try: return urllib.request.urlopen(f"{url}/gradio_api/file={path}", timeout=30).status
+        except urllib.error.HTTPError as e: return e.code
+    for f in ('secret.txt', '.ssh/id_rsa', 'model.pkl', 'results.json', 'model.safetensors', 'history.png'):
+        assert status(run[0]/f) in (403, 404), f       # main served each with 200
+
+def test_app_refuses_large_uploads(app):
+    "An upload above the page's limit (20 MB) is refused with 413 (main took any size and kept it)"
+    import urllib.request, urllib.error, uuid
+    url, b = app[0], uuid.uuid4().hex
+    body = (f'--{b}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n').encode() + \
+           bytes(21 * 2**20) + f'\r\n--{b}--\r\n'.encode()
+    req = urllib.request.Request(f"{url}/gradio_api/upload", data=body, headers={'Content-Type': f'multipart/form-data; boundary={b}'})
+    try: status = urllib.request.urlopen(req, timeout=120).status
+    except urllib.error.HTTPError as e: status = e.code
+    assert status == 413
+
+def test_host_line():
+    "Another --host than this machine's says in one line that the page is reachable from the network"
+    from tiny_fastai.app import host_note
+    assert host_note('127.0.0.1') is None and host_note('localhost') is None
+    assert 'reachable from the network' in host_note('0.0.0.0') and '\n' not in host_note('0.0.0.0')
 
 @pytest.fixture(scope='module')
 def driver(run, tmp_path_factory):
@@ -144,29 +224,47 @@ def _wait(cond, timeout=120, what=''):
         time.sleep(0.3)
     pytest.fail(f"timed out waiting for {what}")
 
-def _top5(driver):
-    "The rows of the page's top-5 table: [(class, probability)]"
+def _label(driver):
+    "The page's label: (its heading, [(class, probability) of each bar])"
     from selenium.webdriver.common.by import By
-    rows = driver.find_elements(By.CSS_SELECTOR, '#top5 table tbody tr')
-    return [(tds[0].text, float(tds[1].text)) for tds in (r.find_elements(By.TAG_NAME, 'td') for r in rows) if len(tds) == 2]
+    head = driver.find_elements(By.CSS_SELECTOR, '#top5 .output-class')
+    bars = driver.find_elements(By.CSS_SELECTOR, '#top5 meter')
+    if not (head and bars): return None
+    return head[0].text, [(b.get_attribute('aria-label'), float(b.get_attribute('value'))) for b in bars]
+
+def _natural(driver, img):
+    "(natural width, natural height, shown width, shown height) of an <img>"
+    return driver.execute_script("const i = arguments[0]; const r = i.getBoundingClientRect(); return [i.naturalWidth, i.naturalHeight, r.width, r.height];", img)
 
 def test_page_in_a_browser(run, images, app, driver, tmp_path):
-    "Upload a val image: the page's top 5 are predict --json's to the third decimal, the map is drawn, the card is there; a bad file gets a message"
+    "Upload a val image: the page shows it, a label with a bar per class (predict --json's top 5), the map, the val thumbnails, the card and uncropped pictures; a bad file gets a message"
     from selenium.webdriver.common.by import By
     url, log, taken = app
     assert f"(port {taken} is taken)" in log and 'Traceback' not in log
     driver.get(url)
     _wait(lambda: driver.find_elements(By.CSS_SELECTOR, '#image input[type=file]'), what='the upload field')
-    card = driver.find_element(By.ID, 'card').text
+    title = driver.find_element(By.ID, 'title').text
     res = json.loads((run[0]/'results.json').read_text())
+    assert all(s in title for s in ('demo preset', 'arch tiny', '5 classes', f"top-1 {res['top1']:.1%}")), title
+    card = driver.find_element(By.ID, 'card').text
     for s in ('demo', 'tiny', f"{res['params']:,}", f"{res['top1']:.3f}", f"{res['top5']:.3f}", res['device']): assert s in card, s
-    assert len(driver.find_elements(By.CSS_SELECTOR, 'img[src*="history.png"], img[src*="confusion.png"]')) == 2
+    thumbs = _wait(lambda: [i for i in driver.find_elements(By.TAG_NAME, 'img') if 'example' in (i.get_attribute('src') or '')
+                            and _natural(driver, i)[0] > 0], what='the thumbnails')
+    assert len(thumbs) == min(8, len(list((run[1]/'val'/'images').iterdir())))   # the val examples as pictures, not names
+    pics = _wait(lambda: [i for i in driver.find_elements(By.CSS_SELECTOR, 'img[src*="history.png"], img[src*="confusion.png"]')
+                          if _natural(driver, i)[0] > 0] or None, what="the run's pictures")
+    assert len(pics) == 2
+    for i in pics:                                           # shown whole: the shape of the picture, not a crop of it
+        nw, nh, w, h = _natural(driver, i)
+        assert abs(w/h - nw/nh) < 0.03 * nw/nh, (nw, nh, w, h)
     driver.find_element(By.CSS_SELECTOR, '#image input[type=file]').send_keys(str(images[1]))
-    got = _wait(lambda: _top5(driver), what='the top 5')
+    head, bars = _wait(lambda: _label(driver), what='the label')
     code, o, err = run_main('predict', run[0], images[1], '--json')
     want = json.loads(o)[0]['top']
-    assert [c for c, _ in got] == [c for c, _ in want]
-    assert all(abs(p - q) <= 0.5e-4 + 1e-9 for (_, p), (_, q) in zip(got, want)), (got, want)   # the page shows 4 decimals: predict's, rounded
+    assert head == want[0][0] and [c for c, _ in bars] == [c for c, _ in want]
+    assert all(abs(p - q) < 1e-5 for (_, p), (_, q) in zip(bars, want)), (bars, want)
+    prev = _wait(lambda: [i for i in driver.find_elements(By.CSS_SELECTOR, '#image img') if _natural(driver, i)[0] > 0], what='the preview')
+    assert _natural(driver, prev[0])[:2] == list(Image.open(images[1]).size)   # the uploaded image itself
     assert _wait(lambda: driver.find_elements(By.CSS_SELECTOR, '#cam img'), what='the map')
     driver.save_screenshot(str(tmp_path/'page.png'))
     if os.environ.get('TINY_FASTAI_SCREENSHOT'): shutil.copy(tmp_path/'page.png', os.environ['TINY_FASTAI_SCREENSHOT'])
@@ -174,5 +272,15 @@ def test_page_in_a_browser(run, images, app, driver, tmp_path):
     driver.get(url)   # a fresh page: the upload field again
     _wait(lambda: driver.find_elements(By.CSS_SELECTOR, '#image input[type=file]'), what='the upload field')
     driver.find_element(By.CSS_SELECTOR, '#image input[type=file]').send_keys(str(bad))
-    msg = _wait(lambda: driver.find_element(By.ID, 'message').text, what='the message')
-    assert 'Cannot use this file' in msg and 'notes.jpg is not an image that PIL can read' in msg and 'Traceback' not in msg
+    msg = _wait(lambda: driver.find_element(By.ID, 'message').text or driver.find_elements(By.CSS_SELECTOR, '.toast-body'), what='the message')
+    text = msg if isinstance(msg, str) else msg[0].text
+    assert 'Traceback' not in text and ('notes.jpg' in text or 'image' in text.lower()), text
+
+def test_flat_maps_are_said_not_counted(run, images, tmp_path):
+    "Where the maps are 1x1 (the same model fed 8 px images: model.json's size), predict --cam says they are flat instead of counting class-map pictures"
+    d = tmp_path/'run'; shutil.copytree(run[0], d)
+    info = json.loads((d/'model.json').read_text()); info['size'] = 8
+    (d/'model.json').write_text(json.dumps(info))   # (the sha256 covers the weights, which are the same)
+    code, o, err = run_main('predict', d, *images[:2], '--cam', tmp_path/'cams')
+    assert code == 0, err
+    assert '2 map(s) flat' in o and 'wrote 2 class-map' not in o and len((list((tmp_path/'cams').iterdir()))) == 2, o

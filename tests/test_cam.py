@@ -24,7 +24,7 @@ def test_mean_of_map_is_logit(arch):
     net = get_arch(arch)(n_out=7).eval()
     x = torch.randn(2, 3, 64, 64)
     maps, logits = head_maps(net, x)
-    stride = 8 if arch.startswith(('dense', 'sep_fused')) else 32 if arch == 'tiny' else 16   # the dense stem keeps 64 px
+    stride = 8 if arch.startswith(('dense', 'sep_fused', 'tiny')) else 16   # the dense stem keeps 64 px; tiny's last stages keep the size
     assert maps.shape == (2, 7, 64//stride, 64//stride) and logits.shape == (2, 7)
     with torch.no_grad(): out = net(x)
     assert torch.allclose(logits, out, atol=1e-5)                          # the same forward pass as a prediction
@@ -77,9 +77,9 @@ def test_cam_overlay():
     assert bottom != top   # the map varies from top to bottom
 
 def test_flat_map_gives_a_flat_tint():
-    "A 1x1 map (tiny at 32 px), upsampled twice, is not drawn (it says nothing about where): float rounding is not drawn as noise"
+    "A 1x1 map (a stride-32 net at 32 px), upsampled twice, is not drawn (it says nothing about where): float rounding is not drawn as noise"
     torch.manual_seed(0)
-    cm = class_maps(sep_xresnet_tiny(n_out=5), torch.randn(2, 3, 32, 32), k=1, size=(64, 64))
+    cm = class_maps(sep_xresnet_tiny(n_out=5, strides=(2, 2, 2, 2)), torch.randn(2, 3, 32, 32), k=1, size=(64, 64))
     assert cm.map_size == (1, 1)
     for m in cm.maps[:, 0]:
         im = cam_overlay(Image.new('RGB', (64, 64), 'white'), m, size=256)
@@ -109,3 +109,14 @@ def test_show_cams_and_top_losses(learn, monkeypatch, tmp_path):
     assert len(titles) == 15 and sum(t.startswith('predicted: ') for t in titles) == 5 and sum(t.startswith('actual: ') for t in titles) == 5
     assert sum(len(ax.images) == 2 for ax in fig.axes) == 10   # two maps per image
     assert 0 < (tmp_path/'top_losses.png').stat().st_size < 300_000 and not plt.get_fignums()
+
+
+def test_demo_network_has_maps_at_its_last_size():
+    "The demo's `tiny` at 32 px (the demo's last size) has class maps of at least 4x4 that are not flat (main's were 1x1)"
+    from tiny_fastai.plan import RECIPES
+    from tiny_fastai.runtime import is_flat
+    torch.manual_seed(0)
+    arch = RECIPES['demo'].arch
+    net = get_arch(arch)(n_out=10).eval()
+    cm = class_maps(net, torch.randn(2, 3, 32, 32), k=1)
+    assert min(cm.map_size) >= 4 and not any(is_flat(m[0]) for m in cm.maps), (arch, cm.map_size)

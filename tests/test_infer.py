@@ -4,6 +4,7 @@ and give the same results as the pickled learner; model.pkl is loaded only when 
 that do not fit give one line naming them; predict decodes its images batch by batch."""
 import contextlib, io, json, pickle, shutil, warnings, pytest, torch
 from pathlib import Path
+import fastai.learner
 from fastai.learner import Learner
 from safetensors.torch import load_file, save_file
 import tiny_fastai.infer as infer
@@ -31,7 +32,7 @@ def images(run):
 def no_pickle(monkeypatch):
     "Make every way of unpickling (and `torch.load`, `load_learner`) fail"
     def refuse(*a, **k): raise AssertionError('pickle used')
-    for mod, name in ((pickle, 'load'), (pickle, 'loads'), (pickle, 'Unpickler'), (torch, 'load'), (infer, 'load_learner')):
+    for mod, name in ((pickle, 'load'), (pickle, 'loads'), (pickle, 'Unpickler'), (torch, 'load'), (fastai.learner, 'load_learner')):
         monkeypatch.setattr(mod, name, refuse)
 
 def test_train_writes_safetensors_pair(run):
@@ -157,3 +158,89 @@ def test_predict_decodes_batch_by_batch(run, images, monkeypatch, route):
         res = predict_files(m, files, bs=3)
         assert len(res) == 7 and at_forward == [3, 6, 7]
     finally: h.remove()
+
+# ---------------------------------------------------------------- the inference path without fastai (issue 25)
+import subprocess, sys
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def _py(code):
+    "Run `code` in a new interpreter with this checkout's package: (exit code, stdout, stderr)"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**__import__('os').environ, 'PYTHONPATH': str(ROOT)})
+    return r.returncode, r.stdout, r.stderr
+
+def test_inference_imports_no_fastai(run, images, tmp_path):
+    "Loading the safetensors pair, predict (with --cam) and the page's predictions run without importing fastai; a bad model.json too"
+    out, _, _ = run
+    (tmp_path/'bad').mkdir(); shutil.copy(out/'model.safetensors', tmp_path/'bad')
+    (tmp_path/'bad'/'model.json').write_text('{"arch": "tiny",')
+    code, o, err = _py(f'''
+import sys
+from tiny_fastai.cli import main
+from tiny_fastai.infer import load_model, predict_files
+from tiny_fastai.app import image_maps, predict_page
+m = load_model({str(out)!r})
+predict_files(m, {[str(f) for f in images]!r}); image_maps(m, {[str(images[0])]!r}); predict_page(m, {str(images[0])!r})
+assert main(['predict', {str(out)!r}, {str(images[0])!r}, '--cam', {str(tmp_path/'cams')!r}]) == 0
+assert main(['predict', {str(tmp_path/'bad')!r}, {str(images[0])!r}]) == 2
+print('fastai' in sys.modules, sorted(m for m in sys.modules if m.split('.')[0] in ('fastai', 'fastcore', 'pandas')))''')
+    assert code == 0, err
+    assert o.strip().splitlines()[-1] == 'False []', o          # main imported fastai (1 GB) for each of these
+    assert 'model.json is not valid JSON' in err
+
+def test_runtime_network_is_the_models_network():
+    "Every arch: the plain-torch network of tiny_fastai.runtime has the keys and shapes of tiny_fastai.models' and its outputs (1e-5)"
+    from tiny_fastai.models import ARCHS, get_arch
+    from tiny_fastai.runtime import NETS, net
+    from tiny_fastai.plan import MAX_SIZE
+    assert list(NETS) == list(ARCHS) and infer.MAX_SIDE == MAX_SIZE
+    for a in ARCHS:
+        torch.manual_seed(0)
+        m1, m2 = get_arch(a)(n_out=7).eval(), net(a, 7).eval()
+        sd = m1.state_dict()
+        assert {k: v.shape for k, v in m2.state_dict().items()} == {k: v.shape for k, v in sd.items()}, a
+        for v in sd.values():
+            if v.is_floating_point(): v.add_(torch.randn_like(v)*0.05)   # not the init: running stats and biases matter
+        m2.load_state_dict(sd)
+        x = torch.randn(2, 3, 40, 40)
+        with torch.no_grad(): assert torch.allclose(m1(x), m2(x), atol=1e-5), a
+
+def test_plain_preprocessing_is_fastais(run, tmp_path):
+    "Odd sizes, gray, RGBA, palette, 16-bit: the plain-torch crop and batch equal the fastai transforms of model.json, probabilities to 1e-5"
+    from fastai.vision.all import PILImage, TensorImage, compose_tfms
+    out, _, _ = run
+    m = load_model(out)
+    ims = [Image.fromarray(np.random.RandomState(0).randint(0, 255, (300, 517, 3), dtype=np.uint8)),
+           Image.fromarray(np.random.RandomState(1).randint(0, 255, (8, 9), dtype=np.uint8), 'L'),
+           Image.fromarray(np.random.RandomState(2).randint(0, 255, (40, 50, 4), dtype=np.uint8), 'RGBA'),
+           Image.fromarray(np.random.RandomState(3).randint(0, 255, (64, 64, 3), dtype=np.uint8)).convert('P'),
+           Image.fromarray(np.random.RandomState(4).randint(0, 65535, (70, 33), dtype=np.uint16))]
+    files = []
+    for i, im in enumerate(ims): im.save(tmp_path/f'{i}.png'); files.append(tmp_path/f'{i}.png')
+    from tiny_fastai.runtime import open_image_file
+    pil = [open_image_file(f) for f in files]
+    mine = m.info.pre.batch(torch.stack([m.info.pre.crop(im) for im in pil]))
+    ref = compose_tfms(TensorImage(torch.stack([compose_tfms(PILImage(im), m.item_tfms(), split_idx=1) for im in pil])), m.batch_tfms(), split_idx=1)
+    assert torch.allclose(mine, ref.as_subclass(torch.Tensor), atol=1e-5)
+    with torch.no_grad(): p1, p2 = torch.softmax(m.model(mine), 1), torch.softmax(m.model(ref.as_subclass(torch.Tensor)), 1)
+    assert torch.allclose(p1, p2, atol=1e-5)
+
+def test_huge_image_refused_before_decoding(run, tmp_path):
+    "A small PNG that claims 10,000 x 8,000 px (80 MP: PIL would decode it) is refused by its header, in one line naming it"
+    out, _, _ = run
+    Image.new('1', (10_000, 8_000)).save(tmp_path/'huge.png')   # a few KB on disk, 240 MB decoded
+    assert (tmp_path/'huge.png').stat().st_size < 100_000
+    code, o, err = run_main('predict', out, tmp_path/'huge.png')
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"image {tmp_path/'huge.png'} is too large to use (10000 x 8000 px; at most 50,000,000 pixels)" in err
+
+def test_non_image_error_keeps_the_name_whole(run, tmp_path):
+    "The error for a file that is not an image names it whole (main cut the name mid-word at 120 characters)"
+    out, _, _ = run
+    f = tmp_path/('a-long-descriptive-name-of-holiday-notes-' * 3 + 'final.jpg')
+    f.write_text('not an image')
+    code, _, err = run_main('predict', out, f)
+    assert code == 2 and f"{f} is not an image that PIL can read" in err, err
+    assert err.count(str(tmp_path)) == err.count(str(f)), err   # each mention of its folder is followed by the whole name

@@ -2,7 +2,7 @@
 import subprocess, sys
 from pathlib import Path
 
-MODULES = ('core', 'files', 'text', 'data', 'archive', 'augment', 'models', 'cache', 'loaders', 'distrib', 'plan', 'checkpoint', 'callbacks',
+MODULES = ('core', 'files', 'text', 'runtime', 'data', 'archive', 'augment', 'models', 'cache', 'loaders', 'distrib', 'plan', 'checkpoint', 'callbacks',
            'learner', 'fit', 'cam', 'evaluate', 'infer', 'recipe', 'app', 'cli')
 
 def test_modules_listed():

@@ -91,3 +91,11 @@ def test_budget_spent_before_training_is_one_line():
     from tiny_fastai.fit import fit_budget
     with pytest.raises(PlanError, match=r'^the budget was used up before training could start \(on start-up, the data and the learner\)'):
         fit_budget(None, [Stage(16, 1)], time.time() - 18)
+
+
+def test_arch_presets_named_once():
+    "The model presets are named in plan.ARCH_PRESETS (the CLI's --arch reads it without torch); the builders and the plain-torch runtime follow it"
+    from tiny_fastai.models import ARCHS
+    from tiny_fastai.runtime import NETS
+    from tiny_fastai.plan import ARCH_PRESETS
+    assert list(ARCHS) == list(ARCH_PRESETS) == list(NETS)

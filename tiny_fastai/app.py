@@ -4,46 +4,52 @@
 
 # %% ../nbs/16_app.ipynb #30cefd80
 from __future__ import annotations
-from .core import *
-import json, os, socket
+import atexit, html, json, os, re, shutil, signal, socket, tempfile
+from functools import partial
 from pathlib import Path
-from fastai.vision.all import *
-from .infer import load_model, open_image_file, ImageFileError
-from .cam import class_maps, cam_overlay
+import torch
+from .text import safe_text
+from .runtime import open_image_file, ImageFileError, class_maps, cam_overlay, is_flat, save_picture
+from .infer import load_model, model_parts
 
 # %% auto #0
-__all__ = ['image_maps', 'write_cams', 'AppError', 'check_run', 'model_field', 'run_results', 'run_card', 'val_examples',
-           'top_table', 'predict_page', 'build_app', 'free_port', 'serve']
+__all__ = ['MAX_UPLOAD', 'image_maps', 'cam_folder', 'write_cams', 'AppError', 'check_run', 'md_text', 'model_field',
+           'run_results', 'run_card', 'val_examples', 'map_note', 'predict_page', 'build_app', 'free_port',
+           'check_port', 'host_note', 'serve']
 
 # %% ../nbs/16_app.ipynb #8da140a2
-def _tfms(model):
-    "(item transforms, batch transforms) of a `TinyModel`, or of the validation loader of a `Learner`"
-    if isinstance(model, Learner): return model.dls.valid.after_item.fs,model.dls.valid.after_batch.fs
-    return model.item_tfms(),model.batch_tfms(one_param(model.model).device)
-
 def image_maps(model, files, k:int=5) -> list:
     "Each image file as the model sees it (`crop`: its centre crop, uint8), its top `k` (class, probability) and the map of the top class (`cam`, at the crop's size)"
-    item_tfms,batch_tfms = _tfms(model)
-    crops = [compose_tfms(open_image_file(f), item_tfms, split_idx=1) for f in files]
-    x = compose_tfms(TensorImage(torch.stack(crops).to(one_param(model.model).device)), batch_tfms, split_idx=1)
+    crop,batch,_,_ = model_parts(model)
+    crops = [crop(open_image_file(f)) for f in files]
+    x = batch(torch.stack(crops))
     cm = class_maps(model, x, k=k, size=crops[0].shape[-2:])
     return [dict(file=str(f), top=list(zip(cs, ps)), crop=c, cam=m[0], map_size=cm.map_size, size=x.shape[-1])
             for f,c,cs,ps,m in zip(files, crops, cm.classes, cm.probs.tolist(), cm.maps)]
 
-def write_cams(model, files, out, size:int=256, bs:int=64) -> list:
-    "Write `<name>.cam.png` to folder `out` for each image file: its crop with the map of its top class over it; return the paths"
+def cam_folder(out) -> Path:
+    "`out` as the folder `predict --cam` writes to, or a one-line error: empty, a symbolic link or a file"
+    if str(out) == '': raise ValueError("--cam is empty: give a folder for the class-map pictures (or leave --cam out)")
     out = Path(out)
+    if out.is_symlink(): raise ValueError(f"--cam {out} is a symbolic link: predict does not write through links (in a shared "
+                                          "folder one can point anywhere); remove it, or choose another folder")
     if out.exists() and not out.is_dir(): raise FileExistsError(f"--cam {out} is a file, not a folder")
+    return out
+
+def write_cams(model, files, out, size:int=256, bs:int=64) -> tuple:
+    "Write `<name>.cam.png` to folder `out` for each image file: its crop with the map of its top class over it; return (paths, the paths whose map is flat)"
+    out = cam_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    res = []
-    for fs in chunked(files, bs):
-        for r in image_maps(model, fs, k=1):
+    res,flat = [],[]
+    for i in range(0, len(files), bs):
+        for r in image_maps(model, files[i:i+bs], k=1):
             (c,p), = r['top']
-            fn,i = out/f"{Path(r['file']).stem}.cam.png",1
-            while fn in res: i += 1; fn = out/f"{Path(r['file']).stem}-{i}.cam.png"   # two images of the same name
-            cam_overlay(r['crop'], r['cam'], size=size, caption=f"{c} ({p:.1%})").save(fn)
+            fn,j = out/f"{Path(r['file']).stem}.cam.png",1
+            while fn in res: j += 1; fn = out/f"{Path(r['file']).stem}-{j}.cam.png"   # two images of the same name
+            save_picture(cam_overlay(r['crop'], r['cam'], size=size, caption=f"{c} ({p:.1%})"), fn)
             res.append(fn)
-    return res
+            if is_flat(r['cam']): flat.append(fn)
+    return res,flat
 
 # %% ../nbs/16_app.ipynb #d36d45d8
 class AppError(ValueError):
@@ -58,53 +64,73 @@ def check_run(run) -> Path:
                                "with model.safetensors + model.json (it never loads a pickle)")
     return p
 
+def md_text(s) -> str:
+    "`s` as literal text in markdown: control characters visible, HTML and markdown characters escaped"
+    return re.sub(r'([\\`*_{}\[\]()#+!|~-])', r'\\\1', html.escape(safe_text(str(s)), quote=False))
+
 def model_field(model, k):
     "Field `k` of a `TinyModel`'s model.json (a dict, or the object that reads it), None where it has none"
     i = model.info
     return i.get(k) if isinstance(i, dict) else getattr(i, k, None)
 
 def run_results(run) -> dict:
-    "The run's results.json, or an empty dict where there is none (a model copied without it)"
+    "The run's results.json (with its recipe's preset, arch, stages and epochs), or an empty dict where there is none (a model copied without it); an `AppError` naming it where it cannot be read"
     f = Path(run)/'results.json'
-    try: return json.loads(f.read_text())
-    except (OSError, ValueError): return {}
+    if not f.exists(): return {}
+    try: r = json.loads(f.read_text())
+    except (OSError, ValueError, RecursionError) as e: raise AppError(f"{f} is not readable JSON ({type(e).__name__})") from None
+    if not isinstance(r, dict): raise AppError(f"{f} holds a JSON {type(r).__name__}, not the object tiny-fastai train writes")
+    rec = r.get('recipe')
+    if isinstance(rec, dict):   # the recipe as trained: what the card shows of it
+        try: st = [dict(size=s, epochs=n) for s,n,_ in rec.get('stages', [])]
+        except (TypeError, ValueError): st = []
+        r = dict(r, preset=rec.get('name'), arch=rec.get('arch'), stages=st, epochs=sum(s['epochs'] for s in st if isinstance(s['epochs'], int)) or None)
+    return r
 
 def run_card(run, model=None) -> str:
     "Markdown of what a run is: preset, arch, parameters, top-1/top-5, epochs, training time and device (results.json)"
-    r = run_results(run)
-    if not r: return f"*No results.json in {Path(run).name}: the model is served without its card.*"
-    f = lambda k: '-' if r.get(k) is None else f"{r[k]:.3f}"
-    st = ', '.join(f"{s['size']} px x {s['epochs']}" for s in r.get('stages', []))
-    rows = [('preset', r.get('preset')), ('arch', r.get('arch')), ('parameters', f"{r['params']:,}" if 'params' in r else None),
-            ('top-1 (TTA)', f"{f('top1')} ({f('top1_tta')})"), ('top-5 (TTA)', f"{f('top5')} ({f('top5_tta')})"),
-            ('classes', len(r.get('classes', [])) or None), ('epochs', f"{r.get('epochs')} ({st})" if st else r.get('epochs')),
-            ('training time', f"{r['train_s']:.0f} s (run: {r.get('wall_s', 0):.0f} s)" if 'train_s' in r else None),
-            ('device', r.get('device')), ('val images', f"{r['n_valid']:,}" if 'n_valid' in r else None)]
-    return '| run | ' + Path(run).name + ' |\n|---|---|\n' + '\n'.join(f"| {k} | {v} |" for k,v in rows if v is not None)
+    try: r = run_results(run)
+    except AppError as e: return f"*{md_text(e)}: the model is served without its card.*"
+    if not r: return f"*No results.json in {md_text(Path(run).name)}: the model is served without its card.*"
+    try:
+        f = lambda k: '-' if r.get(k) is None else f"{float(r[k]):.3f}"
+        st = ', '.join(f"{int(s['size'])} px x {int(s['epochs'])}" for s in r.get('stages', []))
+        rows = [('preset', r.get('preset')), ('arch', r.get('arch')), ('parameters', f"{int(r['params']):,}" if 'params' in r else None),
+                ('top-1 (TTA)', f"{f('top1')} ({f('top1_tta')})"), ('top-5 (TTA)', f"{f('top5')} ({f('top5_tta')})"),
+                ('classes', len(r.get('classes', [])) or None), ('epochs', f"{r.get('epochs')} ({st})" if st else r.get('epochs')),
+                ('training time', f"{float(r['train_s']):.0f} s (run: {float(r.get('wall_s', 0)):.0f} s)" if 'train_s' in r else None),
+                ('device', r.get('device')), ('val images', f"{int(r['n_valid']):,}" if 'n_valid' in r else None)]
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        return f"*{md_text(Path(run)/'results.json')} has a field of the wrong type ({type(e).__name__}): the model is served without its card.*"
+    return f'| run | {md_text(Path(run).name)} |\n|---|---|\n' + '\n'.join(f"| {k} | {md_text(v)} |" for k,v in rows if v is not None)
 
 def val_examples(model, run, n:int=8) -> list:
     "Up to `n` validation images of the data the run was trained on, where that data is on this machine"
-    data = run_results(run).get('data') or model_field(model, 'data')
-    d = Path(data or '.')/'val'/'images'
-    return sorted(d.iterdir())[:n] if d.is_dir() else []
+    try: data = run_results(run).get('data') or model_field(model, 'data')
+    except AppError: data = model_field(model, 'data')
+    d = Path(str(data or '.'))/'val'/'images'
+    return sorted(o for o in d.iterdir() if o.is_file() and not o.is_symlink())[:n] if d.is_dir() else []
 
 # %% ../nbs/16_app.ipynb #222591ed
-def top_table(top, map_size=None, size=None) -> str:
-    "Markdown of the top classes and their probabilities (to 4 decimals), and the size of the map"
-    res = '| class | probability |\n|---|---|\n' + '\n'.join(f"| {c} | {p:.4f} |" for c,p in top)
-    if map_size: res += f"\n\nThe map of {top[0][0]}: {map_size[0]}x{map_size[1]} cells at {size} px; its mean is the logit of the class."
-    if map_size and max(map_size) == 1: res += " One cell says what, not where: it is not drawn over the image."
-    return res
+def map_note(top, map_size=None, size=None) -> str:
+    "Markdown of what the map is: its size, and whether it can say where"
+    if not map_size: return ''
+    res = f"The map of {md_text(top[0][0])}: {map_size[0]}x{map_size[1]} cells at {size} px; its mean is the logit of the class."
+    return res + (" One cell says what, not where: it is not drawn over the image." if max(map_size) == 1 else '')
 
 def predict_page(model, fname) -> tuple:
-    "What the page shows for an image file: (overlay picture, top-5 markdown, message); an unreadable file gives a message"
-    if not fname: return None,'',''
+    "What the page shows for an image file: (overlay picture, {class: probability} of the top 5, note, message); an unreadable file gives a message"
+    if not fname: return None,None,'',''
     try: r = image_maps(model, [fname], k=5)[0]
-    except ImageFileError as e: return None,'',f"**Cannot use this file:** {str(e).replace(str(Path(fname).parent) + os.sep, '')}"
+    except ImageFileError as e:
+        return None,None,'',f"**Cannot use this file:** {md_text(str(e).replace(str(Path(fname).parent) + os.sep, ''))}"
     (c,p) = r['top'][0]
-    return cam_overlay(r['crop'], r['cam'], size=256, caption=f"{c} ({p:.1%})"),top_table(r['top'], r['map_size'], r['size']),''
+    return (cam_overlay(r['crop'], r['cam'], size=256, caption=f"{c} ({p:.1%})"),{c: float(p) for c,p in r['top']},
+            map_note(r['top'], r['map_size'], r['size']),'')
 
 # %% ../nbs/16_app.ipynb #5e2c9c20
+MAX_UPLOAD = '20mb'   # the largest file the page accepts (gradio's `max_file_size`)
+
 def _gradio():
     "gradio, imported only when the page is built; an `AppError` naming the extra where it is not installed"
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')   # no calls home
@@ -112,31 +138,58 @@ def _gradio():
     except (ImportError, AttributeError): raise AppError('the web page needs gradio, which is not installed: pip install "tiny_fastai[app]"') from None
     return gr
 
-def build_app(run, n_examples:int=8):
-    "The gradio `Blocks` of the page of `run`: drop an image, see its top 5 and the map of the top class; the run's card and pictures"
+def _title(run, model) -> str:
+    "The page's heading: run, preset, arch, classes and top-1, from model.json and results.json"
+    try: r = run_results(run)
+    except AppError: r = {}
+    t1 = r.get('top1')
+    parts = [f"{r['preset']} preset" if isinstance(r.get('preset'), str) else None, f"arch {model_field(model, 'arch')}",
+             f"{len(model.vocab)} classes", f"top-1 {t1:.1%}" if isinstance(t1, (int, float)) else None]
+    return f"# {md_text(run.name)}\n{md_text(', '.join(p for p in parts if p))}"
+
+def _shown(run, model, n_examples, dest) -> tuple:
+    "Copies in `dest` of what the page shows: (the val examples, the run's pictures); nothing else is ever served"
+    ex,pics = [],[]
+    for i,f in enumerate(val_examples(model, run, n_examples)):
+        ex.append(Path(shutil.copy(f, dest/f"example{i}{Path(f).suffix.lower()[:5]}")))
+    for n in ('history.png', 'confusion.png'):
+        f = run/n
+        if f.is_file() and not f.is_symlink(): pics.append((n, Path(shutil.copy(f, dest/n))))
+    return ex,pics
+
+def _image_input(gr, **kwargs):
+    "gradio's `Image` input that hands the uploaded file over unopened: `open_image_file` checks it (its pixels before decoding; a message for a non-image)"
+    res = gr.Image(**kwargs)
+    res.preprocess = lambda payload: None if payload is None else payload.path   # gradio's opens it with PIL first
+    return res   # (not a subclass: gradio writes a .pyi stub beside the module of any subclass of its components)
+
+def build_app(run, n_examples:int=8, dest=None):
+    "The gradio `Blocks` of the page of `run`: drop an image, see it, its top 5 and the map of the top class; the val images, the run's card and pictures"
     run = check_run(run)
     gr = _gradio()
     model = load_model(run)   # model.safetensors + model.json: no pickle
-    with gr.Blocks(title=f"tiny_fastai: {run.name}") as page:
-        gr.Markdown(f"# {run.name}: {model_field(model, 'arch')}, {len(model.vocab)} classes\nDrop an image (or pick one below): the model's "
-                    f"top 5 classes, and where in the image it finds the first (its class activation map).")
+    dest = Path(dest or tempfile.mkdtemp(prefix='tiny-fastai-page-'))
+    ex,pics = _shown(run, model, n_examples, dest)
+    with gr.Blocks(title=f"tiny_fastai: {run.name}", delete_cache=(300, 600)) as page:
+        gr.Markdown(_title(run, model) + "\n\nDrop an image (or click one below): the model's top 5 classes, and where in the "
+                    "image it finds the first (its class activation map).", elem_id='title')
         with gr.Row():
             with gr.Column():
-                f = gr.File(label='image', type='filepath', elem_id='image')
-                ex = val_examples(model, run, n_examples)
-                if ex: gr.Examples([[str(o)] for o in ex], inputs=f, label="val images of the run's data")
+                f = _image_input(gr, label='image', type='filepath', image_mode=None, sources=['upload'], elem_id='image', height=300)
+                if ex: gr.Examples([[str(o)] for o in ex], inputs=f, label="val images of the run's data", examples_per_page=n_examples)
             with gr.Column():
+                top = gr.Label(num_top_classes=5, label='top 5', elem_id='top5')
                 cam = gr.Image(label='map of the top class', type='pil', interactive=False, elem_id='cam', height=300)
-                top = gr.Markdown(elem_id='top5')
+                note = gr.Markdown(elem_id='note')
                 msg = gr.Markdown(elem_id='message')
-        f.change(partial(predict_page, model), inputs=f, outputs=[cam, top, msg])
+        f.change(partial(predict_page, model), inputs=f, outputs=[cam, top, note, msg])
         gr.Markdown(run_card(run, model), elem_id='card')
         with gr.Row():
-            for n in ('history.png', 'confusion.png'):
-                if (run/n).is_file(): gr.Image(str(run/n), label=n, interactive=False)
-    page.allowed = [str(run.absolute())] + ([str(ex[0].parent.absolute())] if ex else [])
+            for n,p in pics: gr.Image(str(p), label=n, interactive=False)
+    page.allowed,page.dest = [str(dest)],dest
     return page
 
+# %% ../nbs/16_app.ipynb #a77e0c02
 def free_port(port:int=7860, host:str='127.0.0.1') -> int:
     "`port` if it is free on `host`, else a free port the system picks"
     for p in (port, 0):
@@ -144,15 +197,37 @@ def free_port(port:int=7860, host:str='127.0.0.1') -> int:
             try: s.bind((host, p)); return s.getsockname()[1]
             except OSError: continue
 
+def check_port(port) -> int:
+    "`port` if it is a TCP port (0: any free one), else an `AppError` naming `--port`"
+    if not (isinstance(port, int) and 0 <= port <= 65535): raise AppError(f"--port {port} is not a port: give 1 to 65535 (or 0 for any free one)")
+    return port
+
+def host_note(host) -> str:
+    "The line `serve` prints for a `host` other than this machine's own: the page is then reachable from the network (None for this machine)"
+    if host in ('127.0.0.1', 'localhost', '::1'): return None
+    return f"tiny-fastai app: --host {safe_text(host)}: the page is reachable from the network, by anyone who can reach this machine"
+
+def _stop(signum, frame): raise SystemExit(128 + signum)
+
 def serve(run, port:int=7860, host:str='127.0.0.1', block:bool=True):
     "Serve the page of `run` on `host` at `port` (or a free port if it is taken); say where; block until Ctrl-C unless `block=False`"
-    page = build_app(run)
-    p = free_port(port, host)
-    page.launch(server_name=host, server_port=p, quiet=True, ssr_mode=False, share=False, prevent_thread_lock=True,
-                allowed_paths=page.allowed, show_error=False)
-    print(f"tiny-fastai app: serving {run} at http://{host}:{p}" + (f" (port {port} is taken)" if p != port else '') +
+    check_port(port); check_run(run)
+    root = Path(tempfile.mkdtemp(prefix='tiny-fastai-page-'))   # all the page writes: removed when it stops
+    (root/'shown').mkdir(); (root/'uploads').mkdir()
+    os.environ['GRADIO_TEMP_DIR'] = str(root/'uploads')   # read by gradio when it is imported: before `build_app`
+    try:
+        page = build_app(run, dest=root/'shown')
+        p = free_port(port, host)
+        page.launch(server_name=host, server_port=p, quiet=True, ssr_mode=False, share=False, prevent_thread_lock=True,
+                    allowed_paths=page.allowed, max_file_size=MAX_UPLOAD, show_error=False)
+    except BaseException: shutil.rmtree(root, ignore_errors=True); raise
+    page.root = root
+    atexit.register(shutil.rmtree, root, True)   # also when the caller does not block (its `page.close()` leaves it)
+    print(f"tiny-fastai app: serving {safe_text(run)} at http://{host}:{p}" + (f" (port {port} is taken)" if p != port else '') +
           ("; Ctrl-C stops it" if block else ''), flush=True)
+    if host_note(host): print(host_note(host), flush=True)
     if block:
+        signal.signal(signal.SIGTERM, _stop)   # `kill`: the page stops as with Ctrl-C, and its folder goes
         try: page.block_thread()
-        finally: page.close()
+        finally: page.close(); shutil.rmtree(root, ignore_errors=True)
     return page,p

@@ -6,91 +6,24 @@
 from __future__ import annotations
 from .core import *
 from fastai.vision.all import *
-from matplotlib import colormaps
-from PIL import ImageDraw, ImageFont
+from .runtime import CamError, cam_head, head_maps, pick_maps, class_maps, norm_map, cam_overlay
 
 # %% auto #0
-__all__ = ['CamError', 'cam_head', 'head_maps', 'pick_maps', 'class_maps', 'cam_overlay', 'show_cam', 'plot_top_losses_cam']
+__all__ = ['show_cam', 'plot_top_losses_cam']
 
-# %% ../nbs/12_cam.ipynb #ebcbccd3
-class CamError(ValueError):
-    "A model whose class maps cannot be read exactly from its head"
-
-def cam_head(net) -> nn.Module:
-    "The layer of `net` whose output is the class map: the one before the global average pool (then only `Flatten`) that ends it"
-    cs = list(get_model(net).children())
-    i = max((i for i,c in enumerate(cs) if isinstance(c, nn.AdaptiveAvgPool2d) and c.output_size in (1, (1,1))), default=None)
-    if not i or not all(isinstance(c, (Flatten, nn.Flatten)) for c in cs[i+1:]):
-        raise CamError(f"{type(get_model(net)).__name__} does not end with a layer, a global average pool and a flatten "
-                       "(as SepXResNet's head does): its logits are not the mean of a map")
-    return cs[i-1]
-
-# %% ../nbs/12_cam.ipynb #bf9ce9b0
-@contextmanager
-def _eval(net):
-    "`net` in eval mode (BatchNorm with its running statistics), put back as it was after"
-    was = net.training
-    net.eval()
-    try: yield net
-    finally: net.train(was)
-
-def head_maps(net, x) -> tuple:
-    "(class maps `[bs, classes, h, w]`, logits `[bs, classes]`) of the normalised batch `x`, from one forward pass of `net`"
-    net = get_model(net)
-    with _eval(net), hook_output(cam_head(net)) as h, torch.inference_mode(): logits = net(x)
-    return h.stored.as_subclass(Tensor).float(),logits.as_subclass(Tensor).float()   # plain tensors, not fastai's TensorImage
-
-# %% ../nbs/12_cam.ipynb #0101a5c6
+# %% ../nbs/12_cam.ipynb #f287b01d
 def _vocab(model):
     "The classes of a `Learner` (its `dls`) or of anything with a `vocab` (a `TinyModel`), else None"
     dls = getattr(model, 'dls', None)
     v = dls.vocab if dls is not None else getattr(model, 'vocab', None)
     return None if v is None else list(v)
 
-def pick_maps(maps, idxs, size=None):
-    "The maps of the classes `idxs` (`[bs, n]`) of each image, upsampled (bilinear) to `size`"
-    res = maps[torch.arange(len(maps), device=maps.device)[:,None], idxs.to(maps.device)]
-    return res if size is None else F.interpolate(res, size=size, mode='bilinear', align_corners=False)
-
-def class_maps(model, x, k:int=5, idxs=None, size=None) -> AttrDict:
-    "Top `k` classes (or the classes `idxs`) of each image of the normalised batch `x`, their probabilities and maps at `size` (default: `x`'s)"
-    maps,logits = head_maps(getattr(model, 'model', model), x)
-    probs = F.softmax(logits, dim=1)
-    if idxs is None: idxs = probs.topk(min(k, probs.shape[1]), dim=1)[1]
-    idxs = tensor(idxs).to(probs.device).long().view(len(x), -1)
-    vocab = _vocab(model)
-    return AttrDict(idxs=idxs, probs=probs.gather(1, idxs), maps=pick_maps(maps, idxs, ifnone(size, x.shape[-2:])),
-                    classes=[[vocab[i] for i in r] for r in idxs.tolist()] if vocab else None, map_size=tuple(maps.shape[-2:]))
-
-# %% ../nbs/12_cam.ipynb #5a044154
-def _norm(m):
-    "`m` scaled to 0..1, or None for a flat map (a 1x1 map, or one that float rounding of its upsampling left not quite flat)"
-    m = m.float(); lo,hi = m.min(),m.max()
-    return (m-lo)/(hi-lo) if hi-lo > 1e-4*max(1., hi.abs().item(), lo.abs().item()) else None
-
-def cam_overlay(img, cam, size:int=256, alpha:float=0.5, cmap:str='magma', caption:str=None) -> Image.Image:
-    "A PIL picture of `img` (PIL, or `[3, h, w]` uint8 or 0..1) at `size` px with `cam` (`[h', w']`) blended over it, `caption` under it"
-    if isinstance(img, Tensor):
-        img = img.detach().cpu()
-        img = Image.fromarray(to_np((img*255 if img.is_floating_point() else img).clamp(0, 255).byte().permute(1, 2, 0)))
-    w,h = img.size; s = size/max(w, h)
-    img = img.convert('RGB').resize((round(w*s), round(h*s)), Image.BICUBIC)
-    m = F.interpolate(cam.detach().float().cpu()[None,None], size=(img.height, img.width), mode='bilinear', align_corners=False)[0,0]
-    m = _norm(m)   # a flat map says nothing about where: the image is left as it is
-    res = img if m is None else Image.blend(img, Image.fromarray((colormaps[cmap](to_np(m))[..., :3]*255).astype('uint8')), alpha)
-    if not caption: return res
-    font = ImageFont.load_default(size=max(10, size//16))
-    out = Image.new('RGB', (res.width, res.height + round(font.size*1.6)), 'white')
-    out.paste(res); ImageDraw.Draw(out).text((4, res.height + font.size//4), caption, fill='black', font=font)
-    return out
-
-# %% ../nbs/12_cam.ipynb #f287b01d
 def _short(s, n:int=22): return s if len(s) <= n else s[:n-1] + '…'
 
 def show_cam(img, cam=None, ctx=None, title=None, color=None, alpha:float=0.5, cmap:str='magma', **kwargs):
     "Show `img` (decoded, `[3, h, w]`) on `ctx` with `cam` (a map at its size) over it, and `title` in `color`"
     ctx = show_image(img, ctx=ctx, **kwargs)
-    m = None if cam is None else _norm(cam.cpu())   # nothing drawn for a flat map
+    m = None if cam is None else norm_map(cam.cpu())   # nothing drawn for a flat map
     if m is not None:
         h,w = img.shape[-2:]
         ctx.imshow(to_np(m), alpha=alpha, cmap=cmap, extent=(-0.5, w-0.5, h-0.5, -0.5), interpolation='bilinear')

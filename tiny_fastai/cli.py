@@ -96,11 +96,11 @@ def get_parser() -> argparse.ArgumentParser:
     r.add_argument('images', nargs='+', metavar='IMAGE', help="image files (any size; JPEG, PNG, ...)")
     r.add_argument('-k', default='5', help="how many classes to show (default 5)")
     r.add_argument('--json', action='store_true', help="print the result as JSON")
-    r.add_argument('--cam', metavar='DIR', help="also write DIR/<name>.cam.png for each image: the image with the class activation map of its top class over it")
+    r.add_argument('--cam', metavar='DIR', help="also write DIR/<name>.cam.png for each image: the image with the class activation map of its top class over it (DIR may not be a link)")
     w = sub.add_parser('app', help="serve a web page to try a run: drop an image, see its top 5 classes and where the first is (needs the app extra)")
     w.add_argument('run', metavar='RUN', help="a run folder of tiny-fastai train, with model.safetensors + model.json (no pickle is loaded)")
     w.add_argument('--port', default='7860', help="port to listen on (default 7860; a free one is picked when it is taken)")
-    w.add_argument('--host', default='127.0.0.1', help="address to listen on (default 127.0.0.1: this machine only)")
+    w.add_argument('--host', default='127.0.0.1', help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 makes the page reachable from the network)")
     return p
 
 # %% ../nbs/17_cli.ipynb #ee3130bf
@@ -154,28 +154,37 @@ def _evaluate(a):
     return 0
 
 def _predict(a):
-    k = _int(a.k, '-k', 1)
-    from tiny_fastai.infer import load_model, iter_predictions, open_image_file, ImageFileError
-    _path(a.model, 'MODEL')
+    k,model,cam = _int(a.k, '-k', 1),_path(a.model, 'MODEL'),_path(a.cam, '--cam')
+    if Path(model).suffix.lower() in ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif', '.tiff') or \
+       any(Path(f).is_dir() and (Path(f)/'model.json').exists() for f in a.images):
+        raise CliError(f"the model comes first: tiny-fastai predict MODEL IMAGE... (MODEL is {safe_text(model)}, an image?)")
+    from tiny_fastai.infer import load_model, iter_predictions, open_image_file, ImageFileError   # no fastai: torch, PIL, numpy
     probs = []
     for f in a.images:
         try: open_image_file(f)
         except ImageFileError as e: probs.append(str(e))
     if probs: raise ImageFileError('; '.join(probs))
-    m = load_model(a.model)
+    if cam is not None:
+        from tiny_fastai.app import cam_folder, write_cams
+        cam_folder(cam)   # before the model is loaded
+    m = load_model(model)
     res = iter_predictions(m, a.images, k=k)   # batch by batch: never every image at once
     if a.json: print(json.dumps(list(res)))
     else:
         for r in res: print(f"{safe_text(r['file'])}: " + ', '.join(f"{safe_text(c)} ({p:.1%})" for c,p in r['top']))
-    if a.cam:
-        from tiny_fastai.app import write_cams
-        fs = write_cams(m, a.images, a.cam)
-        print(f"wrote {len(fs)} class-map picture(s) to {safe_text(a.cam)}", file=sys.stderr if a.json else sys.stdout)
+    if cam is not None:
+        fs,flat = write_cams(m, a.images, cam)
+        said = ([f"wrote {len(fs)-len(flat)} class-map picture(s) to {safe_text(cam)}"] if len(fs) > len(flat) else []) + \
+               ([f"{len(flat)} map(s) flat (one cell at the model's size, or an image it sees as uniform): wrote those image(s) "
+                 f"without a map to {safe_text(cam)}"] if flat else [])
+        print('; '.join(said), file=sys.stderr if a.json else sys.stdout)
     return 0
 
 def _app(a):
+    port = _int(a.port, '--port', 0)
+    if port > 65535: raise CliError(f"--port must be at most 65535, got {port}")
     from tiny_fastai.app import serve
-    serve(a.run, port=_int(a.port, '--port', 0), host=a.host)
+    serve(a.run, port=port, host=a.host)
     return 0
 
 # %% ../nbs/17_cli.ipynb #065851f3

@@ -4,53 +4,54 @@
 
 # %% ../nbs/14_infer.ipynb #c1a0e004
 from __future__ import annotations
-from .core import *
 import json, hashlib, zipfile, math, re, struct, reprlib, dataclasses, importlib.metadata
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from fastai.vision.all import *
+import torch, torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 import tiny_fastai
 from .text import safe_text
-from .data import open_image, class_names, LayoutError
-from .files import atomic_file
-from .cache import ItemResize
-from .loaders import BatchResize, dls_size
-from .models import ARCHS, get_arch
-from .plan import MAX_SIZE
-from .checkpoint import Checkpoint
-from .callbacks import NaNGuard, EMA
-from .learner import top1, top5
+from .runtime import NETS, net, ImageFileError, open_image_file, centre_crop, to_uint8, to_batch
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'MAX_CLASSES', 'MAX_INFO_BYTES', 'RESIZE_MODES', 'ModelFileError', 'ImageFileError', 'export_learner',
+__all__ = ['MAX_SIDE', 'MODEL_FORMAT', 'MAX_CLASSES', 'MAX_INFO_BYTES', 'RESIZE_MODES', 'ModelFileError', 'export_learner',
            'load_model_file', 'model_vocab', 'check_vocab', 'Preprocess', 'ModelInfo', 'model_info', 'save_safetensors',
            'export_model', 'TinyModel', 'model_pair', 'read_model_info', 'safetensors_header', 'load_safetensors',
-           'load_model', 'open_image_file', 'iter_predictions', 'predict_files']
+           'load_model', 'model_parts', 'iter_predictions', 'predict_files']
 
 # %% ../nbs/14_infer.ipynb #f85cad51
 class ModelFileError(ValueError):
     "A file that is not a usable learner export"
 
-class ImageFileError(ValueError):
-    "A file given to `predict` that is missing, empty or not an image"
+MAX_SIDE = 512   # px: the largest training size a model.json may give (`tiny_fastai.plan.MAX_SIZE`; a test checks they agree)
 
 # %% ../nbs/14_infer.ipynb #3990c576
-_TRAIN_ONLY = (Checkpoint, NaNGuard, MixHandler, EMA)
+def _fastai():
+    "fastai's vision names, imported (through `tiny_fastai.core`, which silences its import-time warnings) only by what needs a `Learner`"
+    import tiny_fastai.core, fastai.vision.all as fv
+    return fv
 
-@rank0_only
+def _is_learner(model): return hasattr(model, 'dls')   # a fastai `Learner` (a model.pkl), not a `TinyModel`
+
 def export_learner(learn, fname):
     "Export `learn` for inference to `fname` (atomically; rank 0 only), without its training-only callbacks"
-    fname = Path(fname).absolute()
-    m = get_model(learn.model)
+    from tiny_fastai.core import is_rank0
+    from tiny_fastai.files import atomic_file
+    from tiny_fastai.checkpoint import Checkpoint
+    from tiny_fastai.callbacks import NaNGuard, EMA
+    if not is_rank0(): return None
+    fv,fname = _fastai(),Path(fname).absolute()
+    train_only = (Checkpoint, NaNGuard, fv.MixHandler, EMA)   # the run's state (RunProgress) stays: callbacks of a loaded learner read it
+    m = fv.get_model(learn.model)
     compiled,m._compiled_call_impl = getattr(m, '_compiled_call_impl', None),None   # a compiled forward cannot be pickled
     try:
-        with atomic_file(fname) as tmp, learn.removed_cbs([c for c in learn.cbs if isinstance(c, _TRAIN_ONLY)]): learn.export(tmp)
+        with atomic_file(fname) as tmp, learn.removed_cbs([c for c in learn.cbs if isinstance(c, train_only)]): learn.export(tmp)
     finally: m._compiled_call_impl = compiled
     return fname
 
-def load_model_file(fname, cpu:bool=True) -> Learner:
+def load_model_file(fname, cpu:bool=True):
     "`load_learner(fname)` (a pickle: it runs code, and fastai warns so) with a clear `ModelFileError` when `fname` is not a learner export"
     p = Path(fname)
     if not p.exists(): raise ModelFileError(f"model file {p} does not exist")
@@ -58,11 +59,13 @@ def load_model_file(fname, cpu:bool=True) -> Learner:
     if p.stat().st_size == 0: raise ModelFileError(f"model file {p} is empty")
     if not zipfile.is_zipfile(p):   # what `torch.save` writes: anything else is refused before it is unpickled
         raise ModelFileError(f"{p} is not a learner exported by `tiny-fastai train` or `Learner.export` (not a file torch.save wrote)")
-    try: learn = load_learner(p, cpu=cpu)
+    fv = _fastai()
+    import fastai.learner
+    try: learn = fastai.learner.load_learner(p, cpu=cpu)
     except Exception as e:
         raise ModelFileError(f"{p} is not a learner exported by `tiny-fastai train` or `Learner.export` "
                              f"({type(e).__name__}: {_line(e)})") from e
-    if not isinstance(learn, Learner) or not hasattr(getattr(learn, 'dls', None), 'vocab'):
+    if not isinstance(learn, fv.Learner) or not hasattr(getattr(learn, 'dls', None), 'vocab'):
         raise ModelFileError(f"{p} holds a {type(learn).__name__}, not a fastai Learner exported with its classes")
     return learn
 
@@ -70,7 +73,7 @@ def _line(e, n=200): return ' '.join(str(e).split())[:n]   # an exception's mess
 
 def model_vocab(model) -> list:
     "The classes of a `Learner` or a `TinyModel`, in the order of its outputs"
-    return list(model.dls.vocab) if isinstance(model, Learner) else list(model.vocab)
+    return list(model.dls.vocab) if _is_learner(model) else list(model.vocab)
 
 def check_vocab(learn, vocab, what='the data', model='the model'):
     "Raise `ModelFileError` if `vocab` is not the set of classes `learn` (a `Learner` or a `TinyModel`) was trained on"
@@ -93,7 +96,7 @@ def _short(v, n=60):
     s = safe_text(reprlib.repr(v)); return s if len(s) <= n else s[:n] + '...'
 
 def _int_in(v, lo, hi): return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-def _side(v): return _int_in(v, 8, MAX_SIZE)
+def _side(v): return _int_in(v, 8, MAX_SIDE)
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -105,21 +108,34 @@ class Preprocess:
     mean: tuple = None           # per RGB channel, in [0, 1] pixel units (`Normalize`); None: not normalised
     std: tuple = None            # per RGB channel, positive; None with `mean`
 
+    def crop(self, img) -> torch.Tensor:
+        "A PIL image as the validation loader's item transforms leave it: centre-cropped to `item_size`, `[3, h, w]` uint8"
+        return to_uint8(centre_crop(img, self.item_size))
+
+    def batch(self, crops, device='cpu') -> torch.Tensor:
+        "A `[bs, 3, h, w]` uint8 batch of `crop`s as the validation loader's batch transforms leave it: floats, resized to `size`, normalised"
+        return to_batch(crops.to(device), self.size, self.mode, self.antialias, self.mean, self.std)
+
     def item_tfms(self):
-        "The validation loader's item transforms: `ItemResize` (centre crop) to `item_size`, to a tensor"
-        return [ItemResize(tuple(self.item_size)), ToTensor()]
+        "The validation loader's item transforms (fastai's, for `evaluate`): `ItemResize` (centre crop) to `item_size`, to a tensor"
+        from tiny_fastai.cache import ItemResize
+        return [ItemResize(tuple(self.item_size)), _fastai().ToTensor()]
 
     def batch_tfms(self, device='cpu'):
-        "The validation loader's batch transforms: to floats, `BatchResize` to `size`, `Normalize` with `mean` and `std`"
-        res = [IntToFloatTensor(), BatchResize(self.size, mode=self.mode, antialias=self.antialias)]
-        if self.mean is not None: res.append(Normalize(*[tensor(s).view(1,-1,1,1).to(device) for s in (self.mean, self.std)]))
+        "The validation loader's batch transforms (fastai's): to floats, `BatchResize` to `size`, `Normalize` with `mean` and `std`"
+        from tiny_fastai.loaders import BatchResize
+        fv = _fastai()
+        res = [fv.IntToFloatTensor(), BatchResize(self.size, mode=self.mode, antialias=self.antialias)]
+        if self.mean is not None: res.append(fv.Normalize(*[torch.tensor(s).view(1,-1,1,1).to(device) for s in (self.mean, self.std)]))
         return res
 
     @classmethod
     def from_dls(cls, dls):
         "The preprocessing of `dls`'s validation loader"
-        pick = lambda pipe, c: first(f for f in pipe.fs if isinstance(f, c))
-        ir,br,nm = pick(dls.valid.after_item, Resize),pick(dls.valid.after_batch, BatchResize),pick(dls.valid.after_batch, Normalize)
+        from tiny_fastai.loaders import BatchResize, dls_size
+        fv = _fastai()
+        pick = lambda pipe, c: next((f for f in pipe.fs if isinstance(f, c)), None)
+        ir,br,nm = pick(dls.valid.after_item, fv.Resize),pick(dls.valid.after_batch, BatchResize),pick(dls.valid.after_batch, fv.Normalize)
         return cls(size=dls_size(dls) or 64, item_size=(ir.size[1], ir.size[0]) if ir is not None else (64, 64),   # Resize keeps (w, h)
                    mode=br.mode if br is not None else 'bilinear', antialias=br.antialias if br is not None else True,
                    mean=tuple(nm.mean.flatten().tolist()) if nm is not None else None,
@@ -137,9 +153,9 @@ class Preprocess:
         bad = lambda k, why, v: ModelFileError(f"{fname}: {k} {why}, got {_short(v)}")
         size,item,rs,st = d['size'],d['item_size'],d.get('resize'),d['stats']
         if not (_side(size) or isinstance(size, list) and len(size) == 2 and all(map(_side, size))):
-            raise bad('size', f"must be an integer from 8 to {MAX_SIZE} (px) or [h, w] of such", size)
+            raise bad('size', f"must be an integer from 8 to {MAX_SIDE} (px) or [h, w] of such", size)
         if not (isinstance(item, list) and len(item) == 2 and all(map(_side, item))):
-            raise bad('item_size', f"must be [h, w], integers from 8 to {MAX_SIZE} (px)", item)
+            raise bad('item_size', f"must be [h, w], integers from 8 to {MAX_SIDE} (px)", item)
         rs = {} if rs is None else rs
         if not isinstance(rs, dict) or set(rs) - {'mode', 'antialias'}:
             raise bad('resize', "must be an object with the keys mode and antialias only", rs)
@@ -159,7 +175,7 @@ _KEYS = _REQUIRED + ('version', 'wnids', 'resize', 'data', 'tiny_fastai')
 @dataclass(frozen=True)
 class ModelInfo:
     "The schema of model.json: what rebuilds a network and prepares its images without unpickling anything"
-    arch: str                   # a key of `ARCHS`: the network is `get_arch(arch)(n_out=len(classes))`
+    arch: str                   # a key of `ARCHS` (`NETS`): the network is `get_arch(arch)(n_out=len(classes))`
     classes: tuple              # readable class names, unique, in the order of the outputs (2 to `MAX_CLASSES`)
     pre: Preprocess             # the preprocessing of the validation loader
     sha256: str = None          # hex SHA-256 of the model.safetensors it goes with: mandatory in a file, checked before loading
@@ -190,14 +206,14 @@ class ModelInfo:
         bad = lambda k, why, v: ModelFileError(f"{fname}: {k} {why}, got {_short(v)}")
         if d['format'] != MODEL_FORMAT: raise ModelFileError(f"{fname} is not a tiny_fastai model.json (format {_short(d['format'])})")
         if d.get('version', 1) != 1: raise bad('version', "must be 1 (a newer tiny_fastai wrote it: upgrade)", d['version'])
-        if d['arch'] not in ARCHS: raise ModelFileError(f"{fname}: unknown arch {_short(d['arch'])}; known archs: {', '.join(ARCHS)}")
+        if d['arch'] not in NETS: raise ModelFileError(f"{fname}: unknown arch {_short(d['arch'])}; known archs: {', '.join(NETS)}")
         cs,ak = d['classes'],d['arch_kwargs']
         if not (isinstance(cs, list) and 2 <= len(cs) <= MAX_CLASSES):
             raise bad('classes', f"must be a list of 2 to {MAX_CLASSES:,} class names", cs)
-        c = first(c for c in cs if not (isinstance(c, str) and 0 < len(c) <= 200))
+        c = next((c for c in cs if not (isinstance(c, str) and 0 < len(c) <= 200)), None)
         if c is not None: raise bad('classes', "must hold names of 1 to 200 characters", c)
         if len(set(cs)) != len(cs):
-            raise bad('classes', "must name each output once (a duplicate name makes predictions ambiguous)", first(c for c in cs if cs.count(c) > 1))
+            raise bad('classes', "must name each output once (a duplicate name makes predictions ambiguous)", next(c for c in cs if cs.count(c) > 1))
         if not isinstance(ak, dict) or set(ak) != {'n_out'}: raise bad('arch_kwargs', 'must be {"n_out": <number of classes>}', ak)
         if not _int_in(ak['n_out'], 2, MAX_CLASSES): raise bad('arch_kwargs.n_out', f"must be an integer from 2 to {MAX_CLASSES:,}", ak['n_out'])
         if ak['n_out'] != len(cs): raise ModelFileError(f"{fname} names {len(cs)} classes for a model with {ak['n_out']} outputs")
@@ -213,6 +229,7 @@ class ModelInfo:
 
 def _wnids(dls):
     "The wnid of each class of `dls` (from the `wnids.txt` of its data), or None where its data is not at hand"
+    from tiny_fastai.data import class_names
     try: names = class_names(dls.path)
     except Exception: return None
     inv = {n:w for w,n in names.items()}
@@ -256,13 +273,15 @@ def _sha256(fname):
         for b in iter(lambda: f.read(1<<20), b''): h.update(b)
     return h.hexdigest()
 
-@rank0_only
 def export_model(learn, fname='model.safetensors'):
-    "Write `learn`'s weights to `fname` (safetensors: no code) and its `ModelInfo` beside it as .json, both atomically"
+    "Write `learn`'s weights to `fname` (safetensors: no code) and its `ModelInfo` beside it as .json, both atomically (rank 0 only)"
+    from tiny_fastai.core import is_rank0
+    from tiny_fastai.files import atomic_file
+    if not is_rank0(): return None
     fname = Path(fname).absolute()
     info = model_info(learn)
     with atomic_file(fname) as tmp:
-        save_safetensors(get_model(learn.model).state_dict(), tmp, metadata=dict(format='pt', arch=info.arch))
+        save_safetensors(_fastai().get_model(learn.model).state_dict(), tmp, metadata=dict(format='pt', arch=info.arch))
         info = dataclasses.replace(info, sha256=_sha256(tmp))   # model.json names the weights it goes with
     text = info.to_json()
     ModelInfo.from_json(text, fname.with_suffix('.json'))   # never write a model.json that `load_safetensors` refuses
@@ -272,16 +291,18 @@ def export_model(learn, fname='model.safetensors'):
 # %% ../nbs/14_infer.ipynb #0e9f39ff
 class TinyModel:
     "A network rebuilt from model.json + model.safetensors, with its classes and the preprocessing it was trained with"
-    def __init__(self, model, info:ModelInfo, fname): store_attr()
+    def __init__(self, model, info:ModelInfo, fname): self.model,self.info,self.fname = model,info,fname
     @property
     def vocab(self): return list(self.info.classes)
     @property
     def size(self): return self.info.pre.size
     def item_tfms(self): return self.info.pre.item_tfms()
     def batch_tfms(self, device='cpu'): return self.info.pre.batch_tfms(device)
-    def learner(self, dls) -> Learner:
-        "A plain `Learner` of this network on `dls` (for `evaluate`: same softmax outputs as the exported learner's)"
-        return Learner(dls, self.model.to(getattr(dls, 'device', None) or 'cpu'), loss_func=CrossEntropyLossFlat(), metrics=[top1, top5])
+    def learner(self, dls):
+        "A plain fastai `Learner` of this network on `dls` (for `evaluate`: same softmax outputs as the exported learner's)"
+        from tiny_fastai.learner import top1, top5
+        fv = _fastai()
+        return fv.Learner(dls, self.model.to(getattr(dls, 'device', None) or 'cpu'), loss_func=fv.CrossEntropyLossFlat(), metrics=[top1, top5])
     def __repr__(self): return f"{type(self).__name__}({self.info.arch}, {len(self.vocab)} classes, {self.size}px, {self.fname})"
 
 def _is_url(s): return re.match(r'[a-zA-Z][a-zA-Z0-9+.-]*://', str(s)) is not None
@@ -339,15 +360,15 @@ def load_safetensors(fname, cpu:bool=True) -> TinyModel:
     info = read_model_info(js)   # the schema: nothing is built from a model.json before it is checked
     if info.sha256 != _sha256(st):
         raise ModelFileError(f"{js} was written for other weights than {st} (their sha256 differs): keep the two files of one run together")
-    with torch.device('meta'): own = get_arch(info.arch)(n_out=info.n_out).state_dict()   # shapes and dtypes, no memory
+    with torch.device('meta'): own = net(info.arch, info.n_out).state_dict()   # shapes and dtypes, no memory
     _fit_weights(own, safetensors_header(st), st, info)   # so the network is no larger than the file
     try: sd = load_file(st)
     except (SafetensorError, OSError, ValueError) as e: raise ModelFileError(f"{st} is not a safetensors file ({_line(e)})") from None
-    nan = first(k for k,v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    nan = next((k for k,v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if nan is not None: raise ModelFileError(f"{st}: tensor {safe_text(nan)} holds NaN or infinite values: the model cannot predict")
-    model = get_arch(info.arch)(n_out=info.n_out)
+    model = net(info.arch, info.n_out)
     model.load_state_dict(sd)
-    return TinyModel(model.to('cpu' if cpu else get_device()).eval(), info, st)
+    return TinyModel(model.to('cpu' if cpu or not torch.cuda.is_available() else 'cuda').eval(), info, st)
 
 def load_model(fname, cpu:bool=True):
     "The model of a run folder or model.safetensors/model.json (no pickle); a model.pkl only when named (a pickle: it runs code)"
@@ -360,35 +381,27 @@ def load_model(fname, cpu:bool=True):
     raise ModelFileError(f"{p} is not a model file: give a run folder, its model.safetensors (with model.json beside it), or a model.pkl")
 
 # %% ../nbs/14_infer.ipynb #3eceb047
-def open_image_file(fn) -> PILImage:
-    "Open `fn` as an RGB `PILImage`, with a clear `ImageFileError` if it is missing, empty or not an image"
-    if str(fn) == '': raise ImageFileError("an image path is empty: give an image file")
-    if _is_url(fn): raise ImageFileError(f"{safe_text(fn)}: URLs are not supported; download the image and give the file")
-    p = Path(fn)
-    if not p.exists(): raise ImageFileError(f"image {p} does not exist")
-    if p.is_dir(): raise ImageFileError(f"image {p} is a folder, not a file")
-    if p.stat().st_size == 0: raise ImageFileError(f"image {p} is an empty file")
-    try: return open_image(p)
-    except LayoutError as e:
-        c = e.__cause__ or e
-        raise ImageFileError(f"{p} is not an image that PIL can read ({type(c).__name__}: {str(c)[:120]})") from c
+def model_parts(model) -> tuple:
+    "(crop, batch, network, activation) of a `TinyModel` (plain torch), or of a `Learner`'s validation loader (fastai's transforms): `crop` takes a PIL image to a `[3, h, w]` uint8 tensor, `batch` a stack of them to the network's input"
+    if not _is_learner(model):
+        dev = next(model.model.parameters()).device
+        return model.info.pre.crop,partial(model.info.pre.batch, device=dev),model.model,partial(F.softmax, dim=1)
+    fv,dl = _fastai(),model.dls.valid
+    dev = fv.one_param(model.model).device
+    crop = lambda im: fv.compose_tfms(fv.PILImage(im), dl.after_item.fs, split_idx=1)
+    batch = lambda x: fv.compose_tfms(fv.TensorImage(x.to(dev)), dl.after_batch.fs, split_idx=1)
+    return crop,batch,model.model,getattr(model.loss_func, 'activation', fv.noop)
 
-def _infer_parts(model):
-    "(item transforms, batch transforms, network, activation) of a `Learner` (its validation loader's) or a `TinyModel`"
-    if isinstance(model, Learner):
-        dl = model.dls.valid
-        return dl.after_item.fs,dl.after_batch.fs,model.model,getattr(model.loss_func, 'activation', noop)
-    return model.item_tfms(),model.batch_tfms(one_param(model.model).device),model.model,partial(F.softmax, dim=1)
+def _chunks(xs, n): return (xs[i:i+n] for i in range(0, len(xs), n))
 
 def iter_predictions(model, files, k:int=5, bs:int=64):
     "Top `k` (class, probability) of each image file in `files`, `bs` files at a time: decoded, cropped and predicted in batches"
-    item_tfms,batch_tfms,net,act = _infer_parts(model)
-    vocab,dev = model_vocab(model),one_param(net).device
-    net.eval()
-    for fs in chunked(files, bs):
-        x = torch.stack([compose_tfms(open_image_file(f), item_tfms, split_idx=1) for f in fs])   # only item-size tensors kept
-        x = compose_tfms(TensorImage(x.to(dev)), batch_tfms, split_idx=1)
-        with torch.inference_mode(): probs = act(net(x)).float().cpu()
+    crop,batch,nw,act = model_parts(model)
+    vocab = model_vocab(model)
+    nw.eval()
+    for fs in _chunks(list(files), bs):
+        x = batch(torch.stack([crop(open_image_file(f)) for f in fs]))   # only item-size tensors kept
+        with torch.inference_mode(): probs = act(nw(x)).float().cpu()
         if not torch.isfinite(probs).all():   # no `nan%`, and --json stays valid JSON
             raise ModelFileError(f"the model gives NaN or infinite probabilities for {fs[int((~torch.isfinite(probs)).any(1).nonzero()[0])]}: "
                                  "its weights are broken; train or export it again")

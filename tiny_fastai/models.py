@@ -11,6 +11,7 @@ __all__ = ['ARCHS', 'PadChannels', 'SepConv', 'ResBlock', 'SepBlock', 'DenseBloc
 
 # %% ../nbs/04_models.ipynb #7e27ab79
 from .core import *
+from .plan import ARCH_PRESETS
 from fastai.torch_basics import *
 from fastai.layers import *
 from fastai.vision.models.xresnet import init_cnn
@@ -121,9 +122,9 @@ class SepXResNet(nn.Sequential):
 
 # %% ../nbs/04_models.ipynb #b9a3a905
 def sep_xresnet_tiny(n_out=200, **kwargs):
-    "CPU-friendly: stride-2 stem, then one narrow block per stage, each halving the size"
+    "CPU-friendly: stride-2 stem, one narrow block per stage; the last two keep the size (total stride 8: 4x4 class maps at 32 px)"
     return SepXResNet(**{**dict(layers=(1,1,1,1), widths=(32,64,128,256), stem_szs=(16,32), stem_stride=2,
-                                strides=(2,2,2,2)), **kwargs}, n_out=n_out)
+                                strides=(2,2,1,1)), **kwargs}, n_out=n_out)
 
 def sep_xresnet_small(n_out=200, **kwargs):
     "xresnet18-shaped separable net"
@@ -159,8 +160,7 @@ def sep_xresnet_fused_s(n_out=200, **kwargs):
     return sep_xresnet_fused(n_out, **{**dict(layers=(2,2,4,3), widths=(64,128,256,768)), **kwargs})
 
 # %% ../nbs/04_models.ipynb #a270ff84
-ARCHS = dict(tiny=sep_xresnet_tiny, small=sep_xresnet_small, medium=sep_xresnet_medium, large=sep_xresnet_large,
-             dense=xresnet_dense, dense_wide=xresnet_dense_wide, sep_fused=sep_xresnet_fused, sep_fused_s=sep_xresnet_fused_s)
+ARCHS = {name: globals()[fn] for name,fn in ARCH_PRESETS.items()}   # the presets are named once, in `tiny_fastai.plan` (the CLI reads them there)
 
 def get_arch(name):
     "The preset function for `name` (a key of `ARCHS`)"
