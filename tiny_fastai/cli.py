@@ -211,9 +211,11 @@ def main(argv=None) -> int:
         return 2
 
 def run():
-    "The console script: `main`, then the process ends at once (no wait for worker processes and threads with nothing to write)"
+    "The console script: `main`, then its worker processes and the process end at once (nothing is left to write)"
     code = main()
     for f in (sys.stdout, sys.stderr):
         try: f.flush()
         except (OSError, ValueError): pass
+    if 'multiprocessing' in sys.modules:   # loader workers hold the output pipes open until they see their parent gone (up to 5 s)
+        for p in sys.modules['multiprocessing'].active_children(): p.kill()
     os._exit(code)

@@ -217,11 +217,15 @@ def budget_stages(stages, epoch_s, fixed_s, budget_s:float, max_epochs:int=MAX_E
     for _ in range(50):
         mid = (lo+hi)/2
         lo,hi = (mid,hi) if cost(mid, first) <= budget_s and sum(plan(mid, first)) <= max_epochs else (lo,mid)
-    return [Stage(s.size, n, s.lr) for s,n in zip(stages[first:], plan(lo, first))]
+    ns,rest = plan(lo, first),stages[first:]
+    left = budget_s - sum(n*t for n,t in zip(ns, epoch_s[first:])) - sum(fixed_s[first:])
+    for i in sorted(range(len(ns)), key=lambda i: epoch_s[first+i]):   # what rounding left: one more epoch where it fits, the cheapest first
+        while epoch_s[first+i] <= left and sum(ns) < max_epochs and ns[i] < 2*max(1, round(lo*rest[i].epochs)): ns[i] += 1; left -= epoch_s[first+i]
+    return [Stage(s.size, n, s.lr) for s,n in zip(rest, ns)]
 
 # %% ../nbs/11_fit.ipynb #dc32cfaa
 EPOCH_S = 0.25   # s an epoch costs beyond its batches (starting the pass, the recorder, history.csv): 0.14-0.27 s measured on a 2-core CPU
-EXIT_S = 2.0     # s from the last file written to the process's end (the CLI's `run` ends it without waiting for workers)
+EXIT_S = 1.0     # s from the last file written to the process's end (the CLI's `run` ends it and its workers at once: 0.1-0.3 s here)
 COMPILE_S = 25.  # s to compile the training step at one size on a GPU (measured on an H200: 20-23 s for train+eval graphs of `dense`)
 COMPILE_GAIN = 0.25  # share of an eager epoch that compiling saves (estimate: bare step 1.70x faster, the loop's host work is not)
 
@@ -276,18 +280,21 @@ def fit_budget(learn, stages, at:float, after:dict=None, valid_every:int=None, l
                                      "give a larger --budget")
     n_train,n_valid,last = len(learn.dls.train),len(learn.dls.valid),stages[-1].size
     def after_s(t): return after['passes']*after['scale']*n_valid*t['valid_batch_s'] + after['post_s'] + EXIT_S
-    timed = {last: time_steps(learn, last)}
+    n = max(3, min(10, n_train//3))   # timed batches: fewer where an epoch is short (the demo's 15), where a trial is a large share of the budget
+    timed = {last: time_steps(learn, last, n=n)}
     one = n_train*timed[last]['batch_s'] + EPOCH_S + n_valid*timed[last]['valid_batch_s'] + after_s(timed[last])
     if at - time.time() < one:
         raise PlanError(f"the budget is too small: {max(0, at-t0):.0f} s were left when training was to start, and one epoch at {last} px "
                         f"with its evaluation and export needs about {one:.0f} s: give a larger --budget")
     for s in dict.fromkeys(s.size for s in stages):
-        if s not in timed: timed[s] = time_steps(learn, s)
+        if s not in timed: timed[s] = time_steps(learn, s, n=n)
     ckpt_s = time_checkpoint(learn)
     epoch_s = {s: n_train*t['batch_s'] + EPOCH_S for s,t in timed.items()}
     fixed_s = {s: n_valid*t['valid_batch_s'] + t['start_s'] + ckpt_s for s,t in timed.items()}   # per stage: its validation, start and checkpoint
     if valid_every: epoch_s = {s: e + n_valid*timed[s]['valid_batch_s']/valid_every for s,e in epoch_s.items()}
     finds = [i for i,st in enumerate(stages) if st.lr is None and (sched != 'one' or i == 0)]
+    if finds:   # lr_find's iterations: at most a tenth of the time left (at least 20: fewer find no valley)
+        lr_find_it = max(20, min(lr_find_it, int(0.1*(at - time.time())/timed[stages[finds[0]].size]['batch_s'])))
     find_s = [lr_find_it*timed[stages[i].size]['batch_s'] + 1. + ckpt_s if i in finds else 0. for i in range(len(stages))]
     a_s = after_s(timed[last])
     left = at - time.time() - a_s
@@ -298,6 +305,7 @@ def fit_budget(learn, stages, at:float, after:dict=None, valid_every:int=None, l
     est = sum(s.epochs*epoch_s[s.size] + fixed_s[s.size] for s in plan) + sum(find_s[len(stages)-len(plan):])
     record = dict(timing_s=round(time.time()-t0, 1), after_s=round(a_s, 1), train_s_left=round(left, 1), train_s_planned=round(est, 1),
                   epochs=[s.epochs for s in plan], sizes=[s.size for s in plan], checkpoint_s=round(ckpt_s, 2),
+                  **({'lr_find_it': lr_find_it} if finds else {}),
                   timed=[dict(size=s, batch_s=round(t['batch_s'], 5), valid_batch_s=round(t['valid_batch_s'], 5), start_s=round(t['start_s'], 2))
                          for s,t in timed.items()])
     return Deadline(plan, at, a_s, epoch_s, fixed_s, record)

@@ -207,7 +207,8 @@ def train_recipe(preset='demo', opts:RunOptions=None, cbs=None, dls_kwargs:dict=
                         f"(trained in about {dl.record['train_s_planned']:.0f} s; {dl.record['timing_s']:.0f} s of timing, "
                         f"{dl.record['after_s']:.0f} s kept for what follows)")
     with distrib_training(learn):
-        progressive_fit(learn, stages, config=config, pct_start=r.pct_start, sched=r.sched, lr_find_kw=dict(num_it=r.lr_find_it),
+        progressive_fit(learn, stages, config=config, pct_start=r.pct_start, sched=r.sched,
+                        lr_find_kw=dict(num_it=(dl.record.get('lr_find_it') if dl else None) or r.lr_find_it),
                         restart_hint='--restart (restart=True in Python)', deadline=dl,
                         valid_every=r.valid_every or (10**9 if r.budget else None))   # budgeted: validate at stage ends only
     if p.epochs_this_run == 0 and rd.results.exists():   # a finished run run again changes nothing
