@@ -284,8 +284,8 @@ def fit_budget(learn, stages, at:float, after:dict=None, valid_every:int=None, l
     timed = {last: time_steps(learn, last, n=n)}
     one = n_train*timed[last]['batch_s'] + EPOCH_S + n_valid*timed[last]['valid_batch_s'] + after_s(timed[last])
     if at - time.time() < one:
-        raise PlanError(f"the budget is too small: {max(0, at-t0):.0f} s were left when training was to start, and one epoch at {last} px "
-                        f"with its evaluation and export needs about {one:.0f} s: give a larger --budget")
+        raise PlanError(f"the budget is too small: {max(0, at-t0):.1f} s were left when training was to start, and one epoch at {last} px "
+                        f"with its evaluation and export needs about {one:.1f} s: give a larger --budget")
     for s in dict.fromkeys(s.size for s in stages):
         if s not in timed: timed[s] = time_steps(learn, s, n=n)
     ckpt_s = time_checkpoint(learn)
