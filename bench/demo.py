@@ -58,6 +58,8 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help='a test on a CPU: 1 epoch per stage, 5 classes of the sample, 16 px stock rows')
     p.add_argument('--out', default=None, help='where the runs go (default: a temp folder)')
     p.add_argument('--plans', action='store_true', help="which stage plan for the demo: each of PLANS instead of the rows against stock fastai")
+    p.add_argument('--stock32-epochs', type=int, default=8, help="epochs of the stock 32 px row (e.g. as many as fit in the demo's training time)")
+    p.add_argument('--rows', type=int, default=4, help='run only the first ROWS rows (2: the demo and the stock 32 px row)')
     a = p.parse_args(argv)
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix='demo_bench_'))
     path = subset(dest=out/'data', tmp=out, **QUICK_SUBSET) if a.quick else sample_path()
@@ -65,7 +67,7 @@ def main(argv=None):
     if a.plans:
         print(f"{machine()}; `{command(__file__, argv)}`\n")
         return plans(out, a.quick, {k: v for k,v in q.items() if k != 'epochs'})
-    e32,e64,s64 = (1,1,16) if a.quick else (8,16,64)
+    e32,e64,s64 = (1,1,16) if a.quick else (a.stock32_epochs,16,64)
     rows = []
     for k in range(a.repeat):
         for name,fn in (('tiny_fastai demo (`tiny-fastai train`)', lambda: ours(out/'ours', **q)),
@@ -74,7 +76,7 @@ def main(argv=None):
                         (f'stock fastai: xresnet18, aug_transforms(size={s64}), fit_one_cycle({e64}, 3e-3)',
                          lambda: stock(path, s64, e64, workers=0 if a.quick else None)),
                         ('tiny_fastai, a larger model (`tiny-fastai train --arch small --epochs 8,16`)',
-                         lambda: ours(out/'small', arch='small', **{'epochs': (8,16), **q}))):
+                         lambda: ours(out/'small', arch='small', **{'epochs': (8,16), **q})))[:a.rows]:
             if a.threads and 'stock' in name: torch.set_num_threads(a.threads)
             l0,t = load(),time.time()
             r = fn()

@@ -157,7 +157,7 @@ def main(argv=None):
             t,clock = time.time(),Clock(3 if a.quick else 10)
             try:
                 res = train_recipe('full', out=work/'full', data=path, epochs=[a.full_epochs]*len(sizes), restart=True, device=dev,
-                                   cbs=[clock, StopAfter(time.time() + a.full_s)], dls_kwargs=dict(cache_dir=work/'cache'), **kw)
+                                   cbs=[clock, StopAfter(time.time() + a.full_s)], cache_dir=work/'cache', **kw)
                 for h,c in zip(res.history, clock.rows):
                     rep.add(FULL, dict(epoch=h['epoch'] + 1, size=h['size'], time_s=h['time_s'], top1=h.get('top1'),
                                        train_ips_after_first_batches=c['train_ips'], valid_s=c['valid_s']))

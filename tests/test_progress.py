@@ -150,3 +150,18 @@ def test_train_recipe_tests_at_another_size(data, tmp_path):
     res = train_recipe('demo', out=tmp_path, data=data, sizes=[16, 24], epochs=[1, 1], lrs=[2e-3], bs=16, tta=False, test_size=32)
     assert res.test_size == 32 and 0 <= res.top1 <= 1
     assert json.loads((tmp_path/'model.json').read_text())['size'] == 32   # predict uses the size it was tested at
+
+
+def test_signal_during_the_epochs_end_still_saves(data, tmp_path, monkeypatch):
+    "A SIGTERM that lands while the checkpoint callback ends an epoch (here: while it writes history.csv) stops after a save, never without one"
+    import signal
+    import tiny_fastai.checkpoint as ck_mod
+    learn = tiny_learner(_dls(data), 'tiny', path=tmp_path, ckpt_every=float('inf'))
+    real = ck_mod.history_csv
+    def csv_then_signal(h):
+        learn.checkpoint.stop = signal.SIGTERM   # as the handler would set it, between the save decision and the stop
+        return real(h)
+    monkeypatch.setattr(ck_mod, 'history_csv', csv_then_signal)
+    learn.checkpoint._catch_signals = lambda: None
+    with pytest.raises(KeyboardInterrupt) as e: learn.fit(4, 1e-3)
+    assert e.value.signum == signal.SIGTERM and learn.checkpoint.file.exists()

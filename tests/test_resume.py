@@ -84,7 +84,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     assert [h['epoch'] for h in res['history']] == [0, 1, 2, 3, 4]
     assert [(h['stage'], h['size'], h['stage_epoch']) for h in res['history']] == [(0,16,0), (0,16,1), (1,32,0), (2,64,0), (2,64,1)]
     assert [h['run'] for h in res['history']] == [2, 2, 3, 4, 4]    # which invocation trained each epoch: none twice
-    assert res['stages'][0]['lr'] == lr0 and res['runs'] == 4
+    assert res['recipe']['stages'][0][2] == lr0 and res['runs'] == 4
     assert (out/'history.csv').read_text().count('\n') == 6 and (out/'model.pkl').exists()
 
     # 5. the interrupted run's metrics equal those of a run that was never interrupted

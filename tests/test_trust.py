@@ -214,7 +214,7 @@ def test_interrupted_evaluate_does_not_promise_resume(made, monkeypatch):
     def stop(*a, **k): raise KeyboardInterrupt()
     monkeypatch.setattr(recipe, 'evaluate_model', stop)
     code, _, err = run_main('evaluate', made[2])
-    assert code == 130 and 'resume' not in err and 'interrupted; run it again to start it over' in err, err
+    assert code == 130 and 'resume' not in err and 'interrupted (SIGINT); run it again to start it over' in err, err
 
 # archives, data, options
 def test_hostile_archives_named_unsafe(tmp_path):

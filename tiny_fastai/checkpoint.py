@@ -228,10 +228,10 @@ def after_train(self:Checkpoint): self.trained = True
 def after_epoch(self:Checkpoint):
     if self.muted is not None: self.learn.logger,self.muted = self.muted,None
     if not self.trained: return
-    if self.epoch+1 >= self.n_epoch or self.stop is not None or time.monotonic()-self.saved_at >= self.every_s: self.save()
+    sig = self.stop   # read once: a signal arriving during this method stops after the next epoch, never without a save
+    if self.epoch+1 >= self.n_epoch or sig is not None or time.monotonic()-self.saved_at >= self.every_s: self.save()
     elif self.csv: atomic_save(history_csv(self.learn.run_progress.history), self.learn.path/self.csv, text=True)
-    if self.stop is not None:
-        sig = self.stop
+    if sig is not None:
         self._restore_signals(); self.stop = None
         e = KeyboardInterrupt(f"stopped after epoch {self.learn.run_progress.epochs_done}; the checkpoint {self.file} is saved: "
                               "run the same command to resume")

@@ -176,8 +176,8 @@ def train_recipe(preset='demo', opts:RunOptions=None, cbs=None, dls_kwargs:dict=
     path = sample_path() if r.data is None else rank0_first(get_tiny_imagenet, r.data, background=r.cache)   # the cache reads an archive itself
     device = get_device(o.device)
     seed_everything(seed, device, o.deterministic)
-    dls = rank0_first(tiny_dls, path, size=r.sizes[0], bs=local_bs(r.bs), cache=r.cache, num_workers=o.workers, cache_dir=o.cache_dir,
-                      skip_bad=o.skip_bad, device=device, check_images=True, aug=r.aug, **(dls_kwargs or {}))
+    dls = rank0_first(tiny_dls, path, size=r.sizes[0], bs=local_bs(r.bs), cache=r.cache, num_workers=o.workers, skip_bad=o.skip_bad,
+                      device=device, check_images=True, aug=r.aug, **{'cache_dir': o.cache_dir, **(dls_kwargs or {})})
     phases['data'] = round(time.monotonic() - t, 2); t = time.monotonic()
     lock_run(out); clean_leftovers(out)   # one run at a time in a folder (rank 0 only); what killed runs left goes
     deadline = started + r.budget if r.budget else None
