@@ -63,11 +63,11 @@ def add_settings(p:argparse.ArgumentParser):
         for f in fields(cls):
             m = f.metadata
             if f.name == 'stages':
-                for sf in fields(Stage): g.add_argument(_opt(sf), dest=f'stage_{sf.name}', metavar=sf.name.upper()+'S', help=sf.metadata['help'])
+                for sf in fields(Stage): g.add_argument(_opt(sf), dest=f'stage_{sf.name}', metavar=sf.metadata['name'].upper(), help=sf.metadata['help'])
             if m.get('name', f.name) is None: continue
             if 'const' in m: g.add_argument(_opt(f), dest=f.name, action='store_const', const=m['const'], help=m['help_flag'])
             elif m.get('flag'): g.add_argument(_opt(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=_help(f, cls))
-            else: g.add_argument(_opt(f), dest=f.name, metavar=f.name.upper(), help=_help(f, cls),
+            else: g.add_argument(_opt(f), dest=f.name, metavar=m.get('name', f.name).upper(), help=_help(f, cls),
                                  **(dict(nargs='?', const=m['bare']) if 'bare' in m else {}))
     p.add_argument('--no-tta', dest='tta', action='store_const', const='none', help="the same as --tta none")
     p.add_argument('--no-compile', dest='compile', action='store_const', const='off', help="the same as --compile off")
